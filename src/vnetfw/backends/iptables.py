@@ -1,0 +1,471 @@
+"""iptables backend (iptables-nft, iptables-legacy, or whichever ``iptables`` is).
+
+Reads with one ``iptables-save -c`` per family, writes with one ``iptables-restore --noflush``
+per family, so a change of any size is two processes, not one per rule.
+
+Netfilter facts this module is built around:
+- iptables-restore is atomic per table (each ``COMMIT``), not per file: a failure in the
+  second table leaves the first committed. So ``commit`` keeps the ``iptables-save -c`` text
+  of every table it touches and, on any failure, restores those tables whole (without
+  --noflush, which replaces exactly the tables named in the input, counters included).
+- With --noflush, declaring an *existing* user chain (``:CHAIN - [0:0]``) flushes it. Chains
+  are therefore declared only when missing; rules change by index (``-D CHAIN n``,
+  ``-I CHAIN n rule``), so an update costs what changed, not what exists.
+- iptables-save prints rules canonically (``-m udp`` added, ``RELATED,ESTABLISHED``, default
+  ``--reject-with``, ``/32`` kept on -s/-d); the parser maps that back to ``Rule`` exactly,
+  and anything it does not recognise becomes ``Foreign`` (so it is reported and replaced,
+  never silently kept inside a vnetfw chain).
+- Every rule carries ``-m comment --comment vnetfw:<network>`` so an admin can see who made
+  it, and so readback knows the owner.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import shlex
+from dataclasses import dataclass, field
+
+from ..errors import BackendError
+from ..ruleset import (CHECKSUM, LAYOUT, MASQUERADE, REJECT, SNAT, TABLES, Family, Rule,
+                       Ruleset, chains_of)
+from . import Backend, Change, ChangeSet, Scope
+from .runner import Runner
+
+COMMENT_PREFIX = "vnetfw:"
+JUMP_COMMENT = "vnetfw"
+BUILTINS = {
+    "filter": ("INPUT", "FORWARD", "OUTPUT"),
+    "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
+    "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
+}
+_DEFAULT_REJECT = {4: "icmp-port-unreachable", 6: "icmp6-port-unreachable"}
+
+
+@dataclass(frozen=True, slots=True)
+class Foreign:
+    """A rule inside a vnetfw chain that vnetfw did not write (or cannot read)."""
+
+    text: str
+
+    def describe(self) -> str:
+        return f"foreign rule '{self.text}'"
+
+
+@dataclass
+class TableDump:
+    """One table of ``iptables-save -c``: its exact text and its chains' rules (arg strings)."""
+
+    text: str = ""
+    policies: dict[str, str] = field(default_factory=dict)
+    chains: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class IptLive:
+    tables: dict[Family, dict[str, TableDump]]
+
+    @classmethod
+    def empty(cls) -> "IptLive":
+        return cls({4: {}, 6: {}})
+
+
+def parse_save(text: str) -> dict[str, TableDump]:
+    """Split ``iptables-save [-c]`` output into tables; counters and comments-lines dropped."""
+    tables: dict[str, TableDump] = {}
+    cur: TableDump | None = None
+    lines: list[str] = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("*"):
+            cur = TableDump()
+            tables[line[1:].strip()] = cur
+            lines = [line]
+            continue
+        if cur is None:
+            continue
+        lines.append(line)
+        if line == "COMMIT":
+            cur.text = "\n".join(lines) + "\n"
+            cur = None
+        elif line.startswith(":"):
+            name, policy = line[1:].split()[:2]
+            cur.policies[name] = policy
+            cur.chains.setdefault(name, [])
+        else:
+            if line.startswith("["):          # -c counters: "[pkts:bytes] -A CHAIN ..."
+                line = line.split("] ", 1)[1]
+            if line.startswith("-A "):
+                chain, _, args = line[3:].partition(" ")
+                cur.chains.setdefault(chain, []).append(args)
+    return tables
+
+
+# ---------------------------------------------------------------------------------------
+# Rule <-> iptables arguments
+
+
+def _comment(text: str) -> str:
+    return f'-m comment --comment "{text}"'
+
+
+def render_rule(r: Rule) -> str:
+    """``Rule`` -> iptables arguments (what follows ``-A CHAIN``)."""
+    a: list[str] = []
+    if r.src:
+        a += ["-s", r.src]
+    if r.dst:
+        a += (["!"] if r.dst_neg else []) + ["-d", r.dst]
+    if r.iif:
+        a += ["-i", r.iif]
+    if r.oif:
+        a += ["-o", r.oif]
+    if r.proto:
+        a += ["-p", r.proto]
+        if r.dport is not None:
+            a += ["-m", r.proto, "--dport", str(r.dport)]
+    if r.ctstate:
+        a += ["-m", "conntrack", "--ctstate", ",".join(r.ctstate)]
+    a += [_comment(COMMENT_PREFIX + r.network)]
+    a += ["-j", r.verdict]
+    if r.verdict == MASQUERADE and r.to_ports:
+        a += ["--to-ports", f"{r.to_ports[0]}-{r.to_ports[1]}"]
+    elif r.verdict == SNAT:
+        tgt = r.to_source or ""
+        if r.to_ports:
+            tgt += f":{r.to_ports[0]}-{r.to_ports[1]}"
+        a += ["--to-source", tgt]
+    elif r.verdict == CHECKSUM:
+        a += ["--checksum-fill"]
+    return " ".join(a)
+
+
+def _cidr(text: str) -> str:
+    return str(ipaddress.ip_network(text, strict=False))
+
+
+def _ports(text: str) -> tuple[int, int]:
+    lo, _, hi = text.partition("-")
+    return int(lo), int(hi or lo)
+
+
+def parse_rule(args: str, family: Family, table: str, suffix: str) -> Rule | Foreign:
+    """iptables-save arguments of a rule in a vnetfw chain -> ``Rule`` (or ``Foreign``)."""
+    try:
+        tok = shlex.split(args)
+    except ValueError:
+        return Foreign(args)
+    kw: dict = {}
+    network = ""
+    verdict = None
+    neg = False
+    i = 0
+    try:
+        while i < len(tok):
+            t = tok[i]
+            nxt = tok[i + 1] if i + 1 < len(tok) else None
+            if t == "!":
+                neg = True
+                i += 1
+                continue
+            if neg and t != "-d":
+                return Foreign(args)
+            if t in ("-s", "-d"):
+                kw["src" if t == "-s" else "dst"] = _cidr(nxt)
+                if neg:
+                    kw["dst_neg"], neg = True, False
+            elif t in ("-i", "-o"):
+                kw["iif" if t == "-i" else "oif"] = nxt
+            elif t == "-p":
+                kw["proto"] = nxt
+            elif t == "-m":
+                if nxt not in ("tcp", "udp", "conntrack", "comment"):
+                    return Foreign(args)
+            elif t == "--dport":
+                kw["dport"] = int(nxt)
+            elif t == "--ctstate":
+                states = set(nxt.split(","))
+                kw["ctstate"] = ("RELATED", "ESTABLISHED") if states == {"RELATED", "ESTABLISHED"} \
+                    else tuple(sorted(states))
+            elif t == "--comment":
+                if nxt.startswith(COMMENT_PREFIX):
+                    network = nxt[len(COMMENT_PREFIX):]
+                else:
+                    return Foreign(args)
+            elif t == "-j":
+                verdict = nxt
+            elif t == "--reject-with":
+                if nxt != _DEFAULT_REJECT[family]:
+                    return Foreign(args)
+            elif t == "--to-ports":
+                kw["to_ports"] = _ports(nxt)
+            elif t == "--to-source":
+                addr, _, ports = nxt.partition(":")
+                kw["to_source"] = addr
+                if ports:
+                    kw["to_ports"] = _ports(ports)
+            elif t == "--checksum-fill":
+                i += 1
+                continue
+            else:
+                return Foreign(args)
+            i += 2
+    except (TypeError, ValueError, AttributeError):
+        return Foreign(args)
+    if verdict is None or not network:
+        return Foreign(args)
+    optional = verdict == CHECKSUM
+    return Rule(family=family, table=table, chain=suffix, network=network, verdict=verdict,
+                optional=optional, **kw)
+
+
+def _is_jump(args: str, target: str) -> bool:
+    """A plain jump to ``target`` (optionally with our comment): the kind setup manages.
+    A jump with other matches (say an admin's ``-i eth0 -j VNETFW_FWX``) is not ours."""
+    if not args.endswith(f"-j {target}"):
+        return False
+    tok = shlex.split(args)
+    return tok in (["-j", target], ["-m", "comment", "--comment", JUMP_COMMENT, "-j", target])
+
+
+def _jump_args(target: str) -> str:
+    return f"{_comment(JUMP_COMMENT)} -j {target}"
+
+
+# ---------------------------------------------------------------------------------------
+# Diffing
+
+
+@dataclass
+class _TableEdit:
+    new_chains: list[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.new_chains and not self.lines
+
+    def script(self, table: str) -> str:
+        head = [f"*{table}"] + [f":{c} - [0:0]" for c in self.new_chains]
+        return "\n".join(head + self.lines + ["COMMIT"]) + "\n"
+
+
+def _jump_edits(live_rules: list[str], builtin: str, targets: list[str],
+                fam: Family, table: str, items: list[Change]) -> list[str]:
+    """Restore lines that make ``builtin`` hold plain jumps to ``targets`` in that order.
+
+    Existing jumps stay where they are (an admin may have put rules above them on purpose);
+    duplicates and jumps out of order are deleted, missing ones inserted right after the
+    previous target (or at the top). Rules that are not our jumps are never touched.
+    """
+    sim: list[str | None] = []
+    for args in live_rules:
+        sim.append(next((t for t in targets if _is_jump(args, t)), None))
+    # Keep the first jump to each target; among those, the longest run in the right order.
+    first = {t: sim.index(t) for t in targets if t in sim}
+    best: list[str] = []
+    present = [t for t in targets if t in first]
+    for mask in range(1, 1 << len(present)):
+        pick = [t for k, t in enumerate(present) if mask >> k & 1]
+        if all(first[a] < first[b] for a, b in zip(pick, pick[1:])) and len(pick) > len(best):
+            best = pick
+    keep = {first[t] for t in best}
+    lines: list[str] = []
+    where = f"{table} {builtin}"
+    for idx in range(len(sim) - 1, -1, -1):
+        if sim[idx] is not None and idx not in keep:
+            t = sim[idx]
+            dup = idx != first[t]
+            lines.append(f"-D {builtin} {idx + 1}")
+            items.append(Change(fam, "delete", where,
+                                f"{'duplicate' if dup else 'out-of-order'} jump to {t}"))
+            del sim[idx]
+    prev: str | None = None
+    for t in targets:
+        if t not in sim:
+            pos = sim.index(prev) + 1 if prev is not None else 0
+            sim.insert(pos, t)
+            lines.append(f"-I {builtin} {pos + 1} {_jump_args(t)}")
+            items.append(Change(fam, "insert", where, f"jump to {t} at position {pos + 1}"))
+        prev = t
+    return lines
+
+
+def _rule_edits(live: list[Rule | Foreign], want: list[Rule], chain: str, fam: Family,
+                table: str, items: list[Change]) -> list[str]:
+    """Index-based edits turning ``live`` into ``want`` (cost ~ what differs)."""
+    if live == want:
+        return []
+    lines: list[str] = []
+    where = f"{table} {chain}"
+    sm = difflib.SequenceMatcher(None, live, want, autojunk=False)
+    pos = 0
+    for tag, i1, i2, j1, j2 in sm.get_opcodes():
+        if tag == "equal":
+            pos += i2 - i1
+            continue
+        for k in range(i1, i2):
+            lines.append(f"-D {chain} {pos + 1}")
+            old = live[k]
+            items.append(Change(fam, "delete", where, old.describe(),
+                                getattr(old, "network", None) or None))
+        for k in range(j1, j2):
+            # Appending to a chain that is empty so far reads better and is the same thing.
+            op = f"-A {chain}" if not live else f"-I {chain} {pos + 1}"
+            lines.append(f"{op} {render_rule(want[k])}")
+            items.append(Change(fam, "add", where, want[k].describe(), want[k].network))
+            pos += 1
+    return lines
+
+
+class IptablesBackend(Backend):
+    """iptables-save/iptables-restore for one flavour (nft, legacy, or the system default)."""
+
+    def __init__(self, runner: Runner, flavour: str = "iptables") -> None:
+        super().__init__(runner)
+        self.name = flavour
+        mid = "" if flavour == "iptables" else flavour.removeprefix("iptables")
+        self._cmd = {4: (f"iptables{mid}-save", f"iptables{mid}-restore"),
+                     6: (f"ip6tables{mid}-save", f"ip6tables{mid}-restore")}
+
+    def available(self) -> str | None:
+        for save, restore in self._cmd.values():
+            for prog in (save, restore):
+                if self.runner.which(prog) is None:
+                    return f"{prog} not found (apt-get install iptables)"
+        return None
+
+    # -- reading ----------------------------------------------------------------------
+    def read(self) -> IptLive:
+        if (why := self.available()) is not None:
+            raise BackendError(why)
+        out: dict[Family, dict[str, TableDump]] = {}
+        for fam in (4, 6):
+            # No "-t": listing a table that does not exist yet would create it (legacy).
+            out[fam] = parse_save(self.runner.run([self._cmd[fam][0], "-c"]))
+        return IptLive(out)
+
+    def live_ruleset(self, live: IptLive, prefix: str) -> Ruleset:
+        rules: list[Rule] = []
+        for fam in (4, 6):
+            for spec in LAYOUT:
+                dump = live.tables[fam].get(spec.table)
+                if dump is None:
+                    continue
+                for args in dump.chains.get(f"{prefix}_{spec.suffix}", []):
+                    r = parse_rule(args, fam, spec.table, spec.suffix)
+                    if isinstance(r, Rule):
+                        rules.append(r)
+        return Ruleset.canonical(prefix, rules)
+
+    # -- diffing (pure) -----------------------------------------------------------------
+    def changes(self, live: IptLive, desired: Ruleset | None, scope: Scope,
+                prefix: str | None = None) -> ChangeSet:
+        """What to run to get from ``live`` to ``desired`` (``scope``: setup/full/teardown)."""
+        prefix = desired.prefix if desired is not None else prefix
+        assert prefix is not None
+        items: list[Change] = []
+        edits: dict[Family, dict[str, _TableEdit]] = {}
+        want = desired.by_chain() if desired is not None else {}
+        for fam in (4, 6):
+            edits[fam] = {}
+            for table in TABLES:
+                dump = live.tables[fam].get(table, TableDump())
+                if scope == "teardown":
+                    ed = self._teardown_table(dump, prefix, fam, table, items)
+                else:
+                    ed = self._sync_table(dump, prefix, fam, table, want, scope, items)
+                if not ed.empty:
+                    edits[fam][table] = ed
+        return ChangeSet(items, edits)
+
+    def _sync_table(self, dump: TableDump, prefix: str, fam: Family, table: str,
+                    want: dict, scope: Scope, items: list[Change]) -> _TableEdit:
+        ed = _TableEdit()
+        specs = chains_of(table)
+        for spec in specs:
+            name = f"{prefix}_{spec.suffix}"
+            if name not in dump.chains:
+                ed.new_chains.append(name)
+                items.append(Change(fam, "create", f"{table}", f"chain {name}"))
+        if scope == "full":
+            for spec in specs:
+                name = f"{prefix}_{spec.suffix}"
+                cur = [parse_rule(a, fam, table, spec.suffix) for a in dump.chains.get(name, [])]
+                ed.lines += _rule_edits(cur, want.get((fam, table, spec.suffix), []), name, fam,
+                                        table, items)
+        for builtin in dict.fromkeys(s.builtin for s in specs):
+            targets = [f"{prefix}_{s.suffix}" for s in specs if s.builtin == builtin]
+            ed.lines += _jump_edits(dump.chains.get(builtin, []), builtin, targets, fam, table,
+                                    items)
+        return ed
+
+    def _teardown_table(self, dump: TableDump, prefix: str, fam: Family, table: str,
+                        items: list[Change]) -> _TableEdit:
+        ed = _TableEdit()
+        ours = [f"{prefix}_{s.suffix}" for s in chains_of(table)]
+        for builtin in BUILTINS[table]:
+            rules = dump.chains.get(builtin, [])
+            for idx in range(len(rules) - 1, -1, -1):
+                tgt = next((t for t in ours if _is_jump(rules[idx], t)), None)
+                if tgt is not None:
+                    ed.lines.append(f"-D {builtin} {idx + 1}")
+                    items.append(Change(fam, "delete", f"{table} {builtin}", f"jump to {tgt}"))
+        existing = [c for c in ours if c in dump.chains]
+        for c in existing:
+            ed.lines.append(f"-F {c}")
+        for c in existing:
+            ed.lines.append(f"-X {c}")
+            items.append(Change(fam, "delete", table, f"chain {c} "
+                                f"({len(dump.chains[c])} rules)"))
+        return ed
+
+    # -- rendering (pure) ----------------------------------------------------------------
+    def script(self, changes: ChangeSet, family: Family) -> str:
+        eds: dict[str, _TableEdit] = changes.payload.get(family, {})
+        return "".join(eds[t].script(t) for t in TABLES if t in eds)
+
+    def render(self, desired: Ruleset, family: Family | None = None) -> str:
+        cs = self.changes(IptLive.empty(), desired, "full")
+        if family is not None:
+            return self.script(cs, family)
+        return "".join(f"# ipv{f}: {self._cmd[f][1]} --noflush\n" + self.script(cs, f)
+                       for f in (4, 6))
+
+    # -- writing ------------------------------------------------------------------------
+    def commit(self, live: IptLive, changes: ChangeSet) -> None:
+        """Load each family's script in one restore; on any failure restore every touched
+        table from ``live`` and raise."""
+        done: list[Family] = []
+        try:
+            for fam in (4, 6):
+                text = self.script(changes, fam)
+                if not text:
+                    continue
+                done.append(fam)
+                self.runner.run([self._cmd[fam][1], "-w", "--noflush"], stdin=text)
+        except BackendError as e:
+            problems = self._rollback(live, changes, done)
+            msg = f"{self.name}: change failed and was rolled back: {e}"
+            if problems:
+                msg += "; ROLLBACK INCOMPLETE: " + "; ".join(problems)
+            raise BackendError(msg) from e
+
+    def _rollback(self, live: IptLive, changes: ChangeSet, families: list[Family]) -> list[str]:
+        problems = []
+        for fam in families:
+            parts = []
+            for table in changes.payload.get(fam, {}):
+                dump = live.tables[fam].get(table)
+                if dump is not None:
+                    parts.append(dump.text)
+                else:   # the table did not exist: leave it empty (legacy cannot unload it)
+                    parts.append("\n".join([f"*{table}"] +
+                                           [f":{b} ACCEPT [0:0]" for b in BUILTINS[table]] +
+                                           ["COMMIT"]) + "\n")
+            try:
+                self.runner.run([self._cmd[fam][1], "-w", "-c"], stdin="".join(parts))
+            except BackendError as e:
+                problems.append(f"ipv{fam}: {e}")
+        return problems

@@ -1,0 +1,251 @@
+"""The network model: frozen, validated definitions every source is loaded into.
+
+Contract: a ``Network`` that exists is valid on its own (names, ports, addresses); a list of
+networks is valid together once ``validate_together`` accepted it (unique names and bridges,
+no overlapping subnets). Everything downstream (planner, backends) trusts these invariants and
+never re-validates. Values that reach a command line (interface names, network names) are
+restricted here to characters that are safe there, so no later layer needs quoting tricks.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import Iterable
+
+from .errors import DefinitionError
+
+IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class Mode(str, Enum):
+    """Forward mode of a network (libvirt's names)."""
+
+    NAT = "nat"
+    ROUTE = "route"
+    OPEN = "open"
+    ISOLATED = "isolated"
+    # Modes vnetfw accepts but does not firewall: the guest sits on a host bridge or device.
+    BRIDGE = "bridge"
+    PRIVATE = "private"
+    VEPA = "vepa"
+    PASSTHROUGH = "passthrough"
+    HOSTDEV = "hostdev"
+
+    @property
+    def firewalled(self) -> bool:
+        """True for the modes that get private-chain rules (all but open and the bridge modes)."""
+        return self in (Mode.NAT, Mode.ROUTE, Mode.ISOLATED)
+
+    @property
+    def needs_bridge(self) -> bool:
+        return self in (Mode.NAT, Mode.ROUTE, Mode.ISOLATED, Mode.OPEN)
+
+
+UNMANAGED_MODES = frozenset({Mode.BRIDGE, Mode.PRIVATE, Mode.VEPA, Mode.PASSTHROUGH, Mode.HOSTDEV})
+
+# Linux: IFNAMSIZ is 16 including the NUL, so 15 characters; dev_valid_name() refuses "/",
+# ":" and whitespace, and "." / "..". Quotes are refused too so a name is always a plain token
+# in iptables-restore and nft scripts.
+_IFNAME_BAD = re.compile(r"[/:\s\"'\\]")
+# Network names end up in rule comments and nft chain names: keep them to a safe alphabet.
+_NETNAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}$")
+_CHAIN_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,19}$")
+
+
+def ifname_problem(name: object) -> str | None:
+    """Why ``name`` is not a valid Linux interface name, or None if it is."""
+    if not isinstance(name, str) or not name:
+        return "must be a non-empty interface name"
+    if len(name) > 15:
+        return f"interface name {name!r} is longer than 15 characters"
+    if name in (".", ".."):
+        return f"interface name {name!r} is reserved"
+    if _IFNAME_BAD.search(name) or not name.isprintable():
+        return f"interface name {name!r} may not contain '/', ':', quotes, backslashes or whitespace"
+    return None
+
+
+def netname_problem(name: object) -> str | None:
+    if not isinstance(name, str) or not _NETNAME.match(name):
+        return (f"network name {name!r} must be 1-64 characters of letters, digits and _ . + -, "
+                "not starting with . + or -")
+    return None
+
+
+def chain_prefix_problem(prefix: object) -> str | None:
+    if not isinstance(prefix, str) or not _CHAIN_PREFIX.match(prefix):
+        return (f"chain prefix {prefix!r} must be 1-20 letters, digits or '_' starting with a "
+                "letter (iptables chain names are at most 28 characters)")
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class IPBlock:
+    """One ``<ip>`` element: the host's address on the bridge and the subnet it implies."""
+
+    address: IPAddr
+    prefix: int
+    dhcp: bool = False
+    tftp_root: str | None = None
+
+    @property
+    def family(self) -> int:
+        return self.address.version
+
+    @property
+    def subnet(self) -> IPNet:
+        return ipaddress.ip_network(f"{self.address}/{self.prefix}", strict=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Nat:
+    """NAT options: masquerade port range, optional SNAT address range, IPv6 NAT."""
+
+    port_start: int = 1024
+    port_end: int = 65535
+    address_start: ipaddress.IPv4Address | None = None
+    address_end: ipaddress.IPv4Address | None = None
+    ipv6: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Network:
+    name: str
+    mode: Mode
+    bridge: str | None = None
+    forward_dev: str | None = None
+    ips: tuple[IPBlock, ...] = ()
+    nat: Nat = field(default_factory=Nat)
+    ipv6_nogw: bool = False          # <network ipv6='yes'>: guest IPv6 without a host address
+    source: str = "<string>"         # where it was defined, for error messages
+
+    def ips_of(self, family: int) -> tuple[IPBlock, ...]:
+        return tuple(ip for ip in self.ips if ip.family == family)
+
+    def validated(self) -> "Network":
+        """Return self after checking every field on its own; raise DefinitionError otherwise."""
+
+        def fail(fieldname: str, problem: str) -> DefinitionError:
+            return DefinitionError(self.source, problem, network=self.name, field=fieldname)
+
+        if (p := netname_problem(self.name)) is not None:
+            raise DefinitionError(self.source, p, field="name")
+        if self.mode.needs_bridge and self.bridge is None:
+            raise fail("bridge", f"a {self.mode.value} network needs a bridge name")
+        if self.bridge is not None and (p := ifname_problem(self.bridge)) is not None:
+            raise fail("bridge", p)
+        if self.forward_dev is not None and (p := ifname_problem(self.forward_dev)) is not None:
+            raise fail("forward dev", p)
+        if self.forward_dev is not None and self.forward_dev == self.bridge:
+            raise fail("forward dev", "the forward device cannot be the network's own bridge")
+        n = self.nat
+        if not (1 <= n.port_start <= n.port_end <= 65535):
+            raise fail("nat port", f"port range {n.port_start}-{n.port_end} must satisfy "
+                                   "1 <= start <= end <= 65535")
+        if (n.address_start is None) != (n.address_end is None):
+            raise fail("nat address", "needs both start and end")
+        if n.address_start is not None and n.address_end is not None \
+                and n.address_start > n.address_end:
+            raise fail("nat address", f"start {n.address_start} is after end {n.address_end}")
+        seen: list[IPNet] = []
+        for ip in self.ips:
+            maxp = 32 if ip.family == 4 else 128
+            if not 0 < ip.prefix <= maxp:
+                raise fail("ip prefix", f"prefix {ip.prefix} of {ip.address} is out of range")
+            if ip.tftp_root is not None and ip.family != 4:
+                raise fail("ip tftp", "TFTP is only supported on IPv4 addresses")
+            for other in seen:
+                if other.version == ip.subnet.version and other.overlaps(ip.subnet):
+                    raise fail("ip", f"subnet {ip.subnet} overlaps {other} of the same network")
+            seen.append(ip.subnet)
+        return self
+
+    def to_dict(self) -> dict:
+        """A JSON-able form, the inverse of ``network_from_dict`` (used by the state file)."""
+        return {
+            "name": self.name,
+            "mode": self.mode.value,
+            "bridge": self.bridge,
+            "forward_dev": self.forward_dev,
+            "ipv6": self.ipv6_nogw,
+            "nat": {
+                "ports": [self.nat.port_start, self.nat.port_end],
+                "address": None if self.nat.address_start is None
+                else [str(self.nat.address_start), str(self.nat.address_end)],
+                "ipv6": self.nat.ipv6,
+            },
+            "ip": [
+                {"address": str(ip.address), "prefix": ip.prefix, "dhcp": ip.dhcp,
+                 **({"tftp_root": ip.tftp_root} if ip.tftp_root is not None else {})}
+                for ip in self.ips
+            ],
+            "source": self.source,
+        }
+
+
+def network_from_dict(d: dict) -> Network:
+    """Inverse of ``Network.to_dict`` (trusted input: our own state file)."""
+    nat = d.get("nat") or {}
+    addr = nat.get("address")
+    return Network(
+        name=d["name"],
+        mode=Mode(d["mode"]),
+        bridge=d.get("bridge"),
+        forward_dev=d.get("forward_dev"),
+        ipv6_nogw=bool(d.get("ipv6", False)),
+        nat=Nat(
+            port_start=nat.get("ports", [1024, 65535])[0],
+            port_end=nat.get("ports", [1024, 65535])[1],
+            address_start=ipaddress.IPv4Address(addr[0]) if addr else None,
+            address_end=ipaddress.IPv4Address(addr[1]) if addr else None,
+            ipv6=bool(nat.get("ipv6", False)),
+        ),
+        ips=tuple(IPBlock(ipaddress.ip_address(i["address"]), int(i["prefix"]),
+                          bool(i.get("dhcp", False)), i.get("tftp_root")) for i in d.get("ip", [])),
+        source=d.get("source", "<state>"),
+    ).validated()
+
+
+def validate_together(networks: Iterable[Network]) -> tuple[Network, ...]:
+    """Check what only a set of networks can get wrong; return them sorted by name.
+
+    Unique names, unique bridges, and no subnet overlapping another network's subnet.
+    The error names the file and network of the later definition and the earlier one it
+    conflicts with.
+    """
+    nets = tuple(networks)
+    by_name: dict[str, Network] = {}
+    by_bridge: dict[str, Network] = {}
+    subnets: list[tuple[IPNet, Network]] = []
+    for net in nets:
+        if net.name in by_name:
+            other = by_name[net.name]
+            raise DefinitionError(net.source, f"network name is already defined in {other.source}",
+                                  network=net.name, field="name")
+        by_name[net.name] = net
+        if net.bridge is not None and net.mode.needs_bridge:
+            if net.bridge in by_bridge:
+                other = by_bridge[net.bridge]
+                raise DefinitionError(
+                    net.source, f"bridge {net.bridge!r} is already used by network "
+                                f"{other.name!r} ({other.source})",
+                    network=net.name, field="bridge")
+            by_bridge[net.bridge] = net
+        for ip in net.ips:
+            for subnet, other in subnets:
+                if other is not net and subnet.version == ip.subnet.version \
+                        and subnet.overlaps(ip.subnet):
+                    raise DefinitionError(
+                        net.source, f"subnet {ip.subnet} overlaps {subnet} of network "
+                                    f"{other.name!r} ({other.source})",
+                        network=net.name, field="ip")
+            subnets.append((ip.subnet, net))
+    return tuple(sorted(nets, key=lambda n: n.name))
+
+
+def with_source(net: Network, source: str) -> Network:
+    return replace(net, source=source)

@@ -1,0 +1,169 @@
+"""The planner: networks + profile -> Ruleset. Pure: no I/O, no clock, no randomness.
+
+Contract: ``plan(networks, profile)`` is deterministic and independent of the order the
+networks are given in (they are laid out sorted by name, each network's rules forming one
+contiguous block per chain). Within a network the rules follow libvirt's evaluation order
+exactly (libvirt inserts every rule at the top of its chain, so its final order is the reverse
+of its command order; the reference data in tests/fixtures/libvirt pins that order).
+
+Profiles:
+- ``libvirt``: prefix LIBVIRT, libvirt's rules and nothing else (exact compatibility,
+  including its one-way leak from an isolated network into a routed one).
+- ``default``: prefix VNETFW, libvirt's rules plus two hardenings:
+  * an isolated network rejects everything entering from its bridge in the *cross* stage
+    (FWX), i.e. before any other network's incoming accept in FWI can let it through;
+  * IPv6 forwarding is firewalled for every firewalled network, even one with no IPv6
+    address (libvirt skips ip6tables then, so a guest that configures its own global IPv6
+    address could forward freely).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from .model import IPBlock, Mode, Network, chain_prefix_problem, validate_together
+from .ruleset import (ACCEPT, CHECKSUM, CT_REPLY, MASQUERADE, REJECT, RETURN, SNAT, Family,
+                      Rule, Ruleset)
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    prefix: str
+    isolate_at_bridge: bool     # isolated networks reject in FWX (before any FWI accept)
+    always_ipv6: bool           # firewall IPv6 forwarding even without an IPv6 address
+
+    def with_prefix(self, prefix: str) -> "Profile":
+        if (p := chain_prefix_problem(prefix)) is not None:
+            raise ValueError(p)
+        return Profile(self.name, prefix, self.isolate_at_bridge, self.always_ipv6)
+
+
+PROFILES: dict[str, Profile] = {
+    "default": Profile("default", "VNETFW", isolate_at_bridge=True, always_ipv6=True),
+    "libvirt": Profile("libvirt", "LIBVIRT", isolate_at_bridge=False, always_ipv6=False),
+}
+
+_MCAST = {4: "224.0.0.0/24", 6: "ff02::/16"}
+_BCAST = "255.255.255.255/32"
+
+
+def plan(networks: Iterable[Network], profile: Profile) -> Ruleset:
+    """Every rule for ``networks`` under ``profile``, in evaluation order per chain."""
+    nets = validate_together(networks)        # sorted by name; rejects clashes
+    rules: list[Rule] = []
+    for net in nets:
+        rules.extend(network_rules(net, profile))
+    return Ruleset.canonical(profile.prefix, rules)
+
+
+def network_rules(net: Network, profile: Profile) -> list[Rule]:
+    """The rules of one network, in libvirt's order within each chain."""
+    if not net.mode.firewalled:
+        return []       # open and the host-bridge modes: no rules at all
+    out: list[Rule] = []
+    out += _general_v4(net, profile)
+    if net.ips_of(6) or net.ipv6_nogw or profile.always_ipv6:
+        out += _general_v6(net, profile)
+    return out
+
+
+def _r(net: Network, family: Family, table: str, chain: str, verdict: str, **kw) -> Rule:
+    return Rule(family=family, table=table, chain=chain, network=net.name, verdict=verdict, **kw)
+
+
+def _service(net: Network, family: Family, chain: str, proto: str, port: int) -> Rule:
+    side = {"iif": net.bridge} if chain == "INP" else {"oif": net.bridge}
+    return _r(net, family, "filter", chain, ACCEPT, proto=proto, dport=port, **side)
+
+
+def _general_v4(net: Network, profile: Profile) -> list[Rule]:
+    v4 = net.ips_of(4)
+    tftp = next((ip for ip in v4 if ip.tftp_root is not None), None)
+    dhcp = any(ip.dhcp for ip in v4)
+    inp: list[Rule] = []
+    outp: list[Rule] = []
+    if tftp is not None:
+        inp.append(_service(net, 4, "INP", "udp", 69))
+        outp.append(_service(net, 4, "OUT", "udp", 69))
+    for proto in ("udp", "tcp"):
+        inp.append(_service(net, 4, "INP", proto, 53))
+        outp.append(_service(net, 4, "OUT", proto, 53))
+    for proto in ("udp", "tcp"):
+        inp.append(_service(net, 4, "INP", proto, 67))
+        outp.append(_service(net, 4, "OUT", proto, 68))
+    rules = inp + outp + _forward(net, 4, profile)
+    rules += _postrouting(net, 4)
+    if dhcp:
+        # Old dhclient drops DHCP replies with a bad (offloaded, never filled) checksum.
+        # CHECKSUM only exists in iptables' mangle table; failing to add it is not fatal.
+        rules.append(_r(net, 4, "mangle", "PRT", CHECKSUM, oif=net.bridge, proto="udp",
+                        dport=68, optional=True))
+    return rules
+
+
+def _general_v6(net: Network, profile: Profile) -> list[Rule]:
+    rules: list[Rule] = []
+    if net.ips_of(6):
+        rules += [_service(net, 6, "INP", "udp", 547),
+                  _service(net, 6, "INP", "udp", 53), _service(net, 6, "INP", "tcp", 53),
+                  _service(net, 6, "OUT", "udp", 546),
+                  _service(net, 6, "OUT", "udp", 53), _service(net, 6, "OUT", "tcp", 53)]
+    return rules + _forward(net, 6, profile) + _postrouting(net, 6)
+
+
+def _nat_applies(net: Network, ip: IPBlock) -> bool:
+    return net.mode is Mode.NAT and (ip.family == 4 or net.nat.ipv6)
+
+
+def _forward(net: Network, family: Family, profile: Profile) -> list[Rule]:
+    br, dev = net.bridge, net.forward_dev
+    fwx = [_r(net, family, "filter", "FWX", ACCEPT, iif=br, oif=br)]
+    if profile.isolate_at_bridge and net.mode is Mode.ISOLATED:
+        fwx.append(_r(net, family, "filter", "FWX", REJECT, iif=br))
+    fwi: list[Rule] = []
+    fwo: list[Rule] = []
+    if net.mode in (Mode.NAT, Mode.ROUTE):
+        # libvirt adds the per-address rules in definition order, each at the top: reversed.
+        for ip in reversed(net.ips_of(family)):
+            subnet = str(ip.subnet)
+            fwo.append(_r(net, family, "filter", "FWO", ACCEPT, src=subnet, iif=br, oif=dev))
+            if _nat_applies(net, ip):
+                fwi.append(_r(net, family, "filter", "FWI", ACCEPT, dst=subnet, iif=dev, oif=br,
+                              ctstate=CT_REPLY))
+            else:
+                fwi.append(_r(net, family, "filter", "FWI", ACCEPT, dst=subnet, iif=dev, oif=br))
+    fwi.append(_r(net, family, "filter", "FWI", REJECT, oif=br))
+    fwo.append(_r(net, family, "filter", "FWO", REJECT, iif=br))
+    return fwx + fwi + fwo
+
+
+def _postrouting(net: Network, family: Family) -> list[Rule]:
+    rules: list[Rule] = []
+    nat = net.nat
+    for ip in reversed(net.ips_of(family)):
+        if not _nat_applies(net, ip):
+            continue
+        s = str(ip.subnet)
+        dev = net.forward_dev
+        # Multicast and broadcast must leave unmasqueraded (DHCP, mDNS on the local link).
+        rules.append(_r(net, family, "nat", "PRT", RETURN, src=s, dst=_MCAST[family], oif=dev))
+        if family == 4:
+            rules.append(_r(net, family, "nat", "PRT", RETURN, src=s, dst=_BCAST, oif=dev))
+        ports = (nat.port_start, nat.port_end)
+        if nat.address_start is not None and family == 4:
+            rng = str(nat.address_start) if nat.address_start == nat.address_end \
+                else f"{nat.address_start}-{nat.address_end}"
+            for proto in ("tcp", "udp"):
+                rules.append(_r(net, family, "nat", "PRT", SNAT, src=s, dst=s, dst_neg=True,
+                                oif=dev, proto=proto, to_source=rng, to_ports=ports))
+            rules.append(_r(net, family, "nat", "PRT", SNAT, src=s, dst=s, dst_neg=True, oif=dev,
+                            to_source=rng))
+        else:
+            for proto in ("tcp", "udp"):
+                rules.append(_r(net, family, "nat", "PRT", MASQUERADE, src=s, dst=s, dst_neg=True,
+                                oif=dev, proto=proto, to_ports=ports))
+            rules.append(_r(net, family, "nat", "PRT", MASQUERADE, src=s, dst=s, dst_neg=True,
+                            oif=dev))
+    return rules

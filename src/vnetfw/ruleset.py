@@ -1,0 +1,153 @@
+"""The backend-neutral ruleset: what the planner produces and what backends read back.
+
+A ``Ruleset`` is the whole of vnetfw's firewall for one profile: the chain layout (a prefix,
+the private chains and the builtin chains that jump to them) and, per private chain, its
+ordered rules. Backends render it (iptables-restore text, nft script) and parse the live
+system back into the same type, so ``live == desired`` is plain equality and diffing is
+comparing lists.
+
+Invariants the planner guarantees and the nftables backend relies on for constant-time
+dispatch: every rule names its owning ``network``; in ``FWX``, ``FWO`` and ``INP`` every rule
+matches ``iif == bridge``; in ``FWI``, ``OUT`` and mangle ``PRT`` every rule matches
+``oif == bridge``; nat ``PRT`` rules all match ``src`` = one of the network's subnets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Literal
+
+Family = Literal[4, 6]
+FAMILIES: tuple[Family, Family] = (4, 6)
+
+
+@dataclass(frozen=True, slots=True)
+class ChainSpec:
+    """A private chain: its table, its suffix (``<P>_<suffix>``) and the builtin chain
+    that jumps to it."""
+
+    table: str
+    suffix: str
+    builtin: str
+
+
+# Evaluation order matters: the FORWARD jumps must stand FWX, FWI, FWO. Every network's
+# incoming rules (FWI) are evaluated before any network's outgoing accept (FWO), so no
+# network's "allow out" can let a packet into another network.
+LAYOUT: tuple[ChainSpec, ...] = (
+    ChainSpec("filter", "INP", "INPUT"),
+    ChainSpec("filter", "OUT", "OUTPUT"),
+    ChainSpec("filter", "FWX", "FORWARD"),
+    ChainSpec("filter", "FWI", "FORWARD"),
+    ChainSpec("filter", "FWO", "FORWARD"),
+    ChainSpec("nat", "PRT", "POSTROUTING"),
+    ChainSpec("mangle", "PRT", "POSTROUTING"),
+)
+TABLES: tuple[str, ...] = ("filter", "nat", "mangle")
+_CHAIN_INDEX = {(c.table, c.suffix): i for i, c in enumerate(LAYOUT)}
+
+
+def chains_of(table: str) -> tuple[ChainSpec, ...]:
+    return tuple(c for c in LAYOUT if c.table == table)
+
+
+# Verdicts a rule can carry.
+ACCEPT, REJECT, RETURN = "ACCEPT", "REJECT", "RETURN"
+MASQUERADE, SNAT, CHECKSUM = "MASQUERADE", "SNAT", "CHECKSUM"
+VERDICTS = frozenset({ACCEPT, REJECT, RETURN, MASQUERADE, SNAT, CHECKSUM})
+CT_REPLY = ("RELATED", "ESTABLISHED")
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One rule in one private chain.
+
+    Addresses are canonical CIDR strings (``192.168.122.0/24``, ``ff02::/16``); ``dst_neg``
+    negates ``dst``. ``to_ports`` is the MASQUERADE/SNAT port range, ``to_source`` the SNAT
+    address range text (``a.b.c.d`` or ``a.b.c.d-e.f.g.h``). ``optional`` marks a rule whose
+    failure to load is not fatal (the CHECKSUM fix-up, not supported everywhere).
+    """
+
+    family: Family
+    table: str
+    chain: str                    # suffix: INP OUT FWX FWI FWO PRT
+    network: str
+    verdict: str
+    iif: str | None = None
+    oif: str | None = None
+    src: str | None = None
+    dst: str | None = None
+    dst_neg: bool = False
+    proto: str | None = None
+    dport: int | None = None
+    ctstate: tuple[str, ...] = ()
+    to_ports: tuple[int, int] | None = None
+    to_source: str | None = None
+    optional: bool = field(default=False, compare=False)
+
+    @property
+    def key(self) -> tuple[Family, str, str]:
+        return (self.family, self.table, self.chain)
+
+    def describe(self) -> str:
+        """A short human form, backend-independent, for diffs and explanations."""
+        parts = []
+        if self.iif:
+            parts.append(f"in {self.iif}")
+        if self.oif:
+            parts.append(f"out {self.oif}")
+        if self.src:
+            parts.append(f"from {self.src}")
+        if self.dst:
+            parts.append(f"to {'not ' if self.dst_neg else ''}{self.dst}")
+        if self.proto:
+            parts.append(self.proto + (f"/{self.dport}" if self.dport else ""))
+        if self.ctstate:
+            parts.append("state " + ",".join(self.ctstate).lower())
+        v = self.verdict.lower()
+        if self.to_source:
+            v += f" to {self.to_source}"
+        if self.to_ports:
+            v += f" ports {self.to_ports[0]}-{self.to_ports[1]}"
+        return f"{' '.join(parts) or 'any'} -> {v}"
+
+
+@dataclass(frozen=True)
+class Ruleset:
+    """vnetfw's whole firewall for one chain prefix, both families.
+
+    ``rules`` is ordered; the order of rules sharing a ``key`` is their evaluation order.
+    ``families`` are the families the layout is set up for (normally both).
+    """
+
+    prefix: str
+    rules: tuple[Rule, ...] = ()
+    families: tuple[Family, ...] = FAMILIES
+
+    @classmethod
+    def canonical(cls, prefix: str, rules: Iterable[Rule],
+                  families: tuple[Family, ...] = FAMILIES) -> "Ruleset":
+        """Build a ruleset with rules in canonical order: by family, then by layout chain;
+        a stable sort, so each chain keeps the order its rules were given in."""
+        return cls(prefix, tuple(sorted(rules, key=lambda r: (r.family, _CHAIN_INDEX[r.table, r.chain]))),
+                   families)
+
+    def chain_name(self, suffix: str) -> str:
+        return f"{self.prefix}_{suffix}"
+
+    def chain(self, family: Family, table: str, suffix: str) -> tuple[Rule, ...]:
+        return tuple(r for r in self.rules if r.key == (family, table, suffix))
+
+    def by_chain(self) -> dict[tuple[Family, str, str], list[Rule]]:
+        """Every layout chain (even empty ones) -> its rules in order."""
+        out: dict[tuple[Family, str, str], list[Rule]] = {
+            (f, c.table, c.suffix): [] for f in self.families for c in LAYOUT}
+        for r in self.rules:
+            out[r.key].append(r)
+        return out
+
+    def networks(self) -> list[str]:
+        return sorted({r.network for r in self.rules})
+
+    def of_network(self, name: str) -> Iterator[Rule]:
+        return (r for r in self.rules if r.network == name)

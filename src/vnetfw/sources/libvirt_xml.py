@@ -1,0 +1,153 @@
+"""libvirt network XML (``virsh net-dumpxml`` output) -> ``Network``.
+
+Only what shapes the firewall is read; everything else (domain, dns, mtu, mac, bandwidth, ...)
+is accepted and ignored. Parsing goes through defusedxml: entity expansion, external entities
+and DTDs are refused, so a hostile file cannot blow up memory or read local files.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from xml.etree.ElementTree import Element, ParseError
+
+import defusedxml.ElementTree as DET
+from defusedxml import DefusedXmlException
+
+from ..errors import DefinitionError
+from ..model import IPBlock, Mode, Nat, Network
+
+_MODES = {m.value: m for m in Mode if m is not Mode.ISOLATED}
+_YES = {"yes": True, "no": False}
+
+
+def parse_network_xml(data: bytes | str, source: str = "<string>") -> Network:
+    """Parse one ``<network>`` document; raise DefinitionError naming source/network/field."""
+    try:
+        root = DET.fromstring(data, forbid_dtd=True)
+    except DefusedXmlException as e:
+        raise DefinitionError(source, f"refused unsafe XML ({type(e).__name__}: entities and "
+                                      "DTDs are not allowed)") from None
+    except ParseError as e:
+        raise DefinitionError(source, f"malformed XML: {e}") from None
+    if root.tag != "network":
+        raise DefinitionError(source, f"root element is <{root.tag}>, expected <network>")
+    return _Reader(root, source).network()
+
+
+class _Reader:
+    def __init__(self, root: Element, source: str) -> None:
+        self.root = root
+        self.source = source
+        self.name: str | None = None
+
+    def fail(self, field: str, problem: str) -> DefinitionError:
+        return DefinitionError(self.source, problem, network=self.name, field=field)
+
+    def yesno(self, el: Element, attr: str, field: str) -> bool:
+        v = el.get(attr)
+        if v is None:
+            return False
+        if v not in _YES:
+            raise self.fail(field, f"{attr}={v!r} must be 'yes' or 'no'")
+        return _YES[v]
+
+    def port(self, el: Element, attr: str) -> int:
+        v = el.get(attr)
+        if v is None:
+            raise self.fail("nat port", f"<port> needs a {attr!r} attribute")
+        try:
+            return int(v, 10)
+        except ValueError:
+            raise self.fail("nat port", f"{attr}={v!r} is not a port number") from None
+
+    def network(self) -> Network:
+        name_el = self.root.find("name")
+        if name_el is None or not (name_el.text or "").strip():
+            raise self.fail("name", "missing <name>")
+        self.name = name_el.text.strip()
+
+        bridge_el = self.root.find("bridge")
+        bridge = bridge_el.get("name") if bridge_el is not None else None
+
+        fwd = self.root.find("forward")
+        if fwd is None:
+            mode = Mode.ISOLATED
+            dev = None
+            nat = Nat()
+        else:
+            m = fwd.get("mode", "nat")
+            if m not in _MODES:
+                raise self.fail("forward mode", f"unknown mode {m!r} (expected one of "
+                                                f"{', '.join(sorted(_MODES))})")
+            mode = _MODES[m]
+            dev = fwd.get("dev")
+            nat = self.nat(fwd.find("nat"))
+
+        ips = tuple(self.ip(el) for el in self.root.findall("ip"))
+        ipv6_nogw = self.yesno(self.root, "ipv6", "ipv6")
+        return Network(name=self.name, mode=mode, bridge=bridge, forward_dev=dev, ips=ips,
+                       nat=nat, ipv6_nogw=ipv6_nogw, source=self.source).validated()
+
+    def nat(self, el: Element | None) -> Nat:
+        if el is None:
+            return Nat()
+        ipv6 = self.yesno(el, "ipv6", "nat ipv6")
+        ps, pe = 1024, 65535
+        port = el.find("port")
+        if port is not None:
+            ps, pe = self.port(port, "start"), self.port(port, "end")
+        a_start = a_end = None
+        addr = el.find("address")
+        if addr is not None:
+            try:
+                a_start = ipaddress.IPv4Address(addr.get("start", ""))
+                a_end = ipaddress.IPv4Address(addr.get("end") or addr.get("start", ""))
+            except ValueError:
+                raise self.fail("nat address", f"start={addr.get('start')!r} "
+                                               f"end={addr.get('end')!r} must be IPv4 "
+                                               "addresses") from None
+        return Nat(port_start=ps, port_end=pe, address_start=a_start, address_end=a_end,
+                   ipv6=ipv6)
+
+    def ip(self, el: Element) -> IPBlock:
+        raw = el.get("address")
+        if raw is None:
+            raise self.fail("ip address", "<ip> needs an address attribute")
+        try:
+            addr = ipaddress.ip_address(raw)
+        except ValueError:
+            raise self.fail("ip address", f"{raw!r} is not an IP address") from None
+        family = el.get("family")
+        if family not in (None, "ipv4", "ipv6"):
+            raise self.fail("ip family", f"family={family!r} must be 'ipv4' or 'ipv6'")
+        if family is not None and family != f"ipv{addr.version}":
+            raise self.fail("ip family", f"family={family!r} does not match address {raw}")
+        prefix = self.prefix(el, addr)
+        dhcp_el = el.find("dhcp")
+        dhcp = dhcp_el is not None and (dhcp_el.find("range") is not None
+                                        or dhcp_el.find("host") is not None)
+        tftp = el.find("tftp")
+        tftp_root = tftp.get("root") if tftp is not None else None
+        return IPBlock(addr, prefix, dhcp, tftp_root)
+
+    def prefix(self, el: Element, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
+        mask, prefix = el.get("netmask"), el.get("prefix")
+        if mask is not None and prefix is not None:
+            raise self.fail("ip netmask", "give either netmask or prefix, not both")
+        if mask is not None:
+            if addr.version != 4:
+                raise self.fail("ip netmask", "netmask is for IPv4; use prefix for IPv6")
+            try:
+                return ipaddress.IPv4Network(f"0.0.0.0/{mask}").prefixlen
+            except ValueError:
+                raise self.fail("ip netmask", f"{mask!r} is not a valid netmask") from None
+        if prefix is not None:
+            try:
+                return int(prefix, 10)
+            except ValueError:
+                raise self.fail("ip prefix", f"{prefix!r} is not a number") from None
+        if addr.version == 6:
+            return 64
+        # libvirt's default for an IPv4 address without netmask: its classful prefix.
+        first = int(addr) >> 24
+        return 8 if first < 128 else 16 if first < 192 else 24

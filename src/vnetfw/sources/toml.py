@@ -1,0 +1,140 @@
+"""Native TOML definitions -> ``Network``.
+
+A file holds one network as top-level keys, or several as ``[[network]]`` tables::
+
+    [[network]]
+    name = "default"
+    bridge = "virbr0"
+    mode = "nat"                 # nat | route | open | isolated | bridge | private | ...
+    forward_dev = "eth0"         # optional
+    ipv6 = false                 # like <network ipv6='yes'>
+    nat = { ports = [1024, 65535], address = ["203.0.113.10", "203.0.113.20"], ipv6 = true }
+    [[network.ip]]
+    address = "192.168.122.1"
+    prefix = 24
+    dhcp = true
+    tftp_root = "/srv/tftp"      # optional, IPv4 only
+
+Unknown keys are errors, so a typo never silently changes what is firewalled.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from typing import Any
+
+from ..errors import DefinitionError
+from ..model import IPBlock, Mode, Nat, Network
+
+_NET_KEYS = {"name", "bridge", "mode", "forward_dev", "ipv6", "nat", "ip"}
+_NAT_KEYS = {"ports", "address", "ipv6"}
+_IP_KEYS = {"address", "prefix", "netmask", "dhcp", "tftp_root"}
+
+
+def parse_toml(data: bytes | str, source: str = "<string>") -> list[Network]:
+    text = data.decode("utf-8") if isinstance(data, bytes) else data
+    try:
+        doc = tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise DefinitionError(source, f"malformed TOML: {e}") from None
+    if "network" in doc:
+        extra = set(doc) - {"network"}
+        if extra:
+            raise DefinitionError(source, f"unknown top-level key(s) {sorted(extra)} beside "
+                                          "[[network]]")
+        tables = doc["network"]
+        if not isinstance(tables, list):
+            raise DefinitionError(source, "'network' must be an array of tables ([[network]])")
+    else:
+        tables = [doc]
+    return [_network(t, source) for t in tables]
+
+
+def _network(t: Any, source: str) -> Network:
+    if not isinstance(t, dict):
+        raise DefinitionError(source, "each [[network]] must be a table")
+    name = t.get("name")
+
+    def fail(field: str, problem: str) -> DefinitionError:
+        return DefinitionError(source, problem, network=name if isinstance(name, str) else None,
+                               field=field)
+
+    unknown = set(t) - _NET_KEYS
+    if unknown:
+        raise fail(sorted(unknown)[0], f"unknown key (known: {', '.join(sorted(_NET_KEYS))})")
+    if not isinstance(name, str):
+        raise fail("name", "missing or not a string")
+    mode_s = t.get("mode", "nat")
+    try:
+        mode = Mode(mode_s)
+    except ValueError:
+        raise fail("mode", f"unknown mode {mode_s!r} (expected one of "
+                           f"{', '.join(m.value for m in Mode)})") from None
+    for key in ("bridge", "forward_dev"):
+        if key in t and not isinstance(t[key], str):
+            raise fail(key, "must be a string")
+    if not isinstance(t.get("ipv6", False), bool):
+        raise fail("ipv6", "must be true or false")
+    nat = _nat(t.get("nat", {}), fail)
+    ips_raw = t.get("ip", [])
+    if not isinstance(ips_raw, list):
+        raise fail("ip", "must be an array of tables ([[network.ip]])")
+    ips = tuple(_ip(i, fail) for i in ips_raw)
+    return Network(name=name, mode=mode, bridge=t.get("bridge"), forward_dev=t.get("forward_dev"),
+                   ips=ips, nat=nat, ipv6_nogw=t.get("ipv6", False), source=source).validated()
+
+
+def _nat(n: Any, fail) -> Nat:
+    if not isinstance(n, dict):
+        raise fail("nat", "must be a table")
+    unknown = set(n) - _NAT_KEYS
+    if unknown:
+        raise fail(f"nat.{sorted(unknown)[0]}", f"unknown key (known: {', '.join(sorted(_NAT_KEYS))})")
+    ports = n.get("ports", [1024, 65535])
+    if not (isinstance(ports, list) and len(ports) == 2 and all(type(p) is int for p in ports)):
+        raise fail("nat.ports", "must be [start, end] port numbers")
+    addr = n.get("address")
+    a_start = a_end = None
+    if addr is not None:
+        if not (isinstance(addr, list) and 1 <= len(addr) <= 2 and all(isinstance(a, str) for a in addr)):
+            raise fail("nat.address", "must be [start, end] IPv4 addresses")
+        try:
+            a_start = ipaddress.IPv4Address(addr[0])
+            a_end = ipaddress.IPv4Address(addr[-1])
+        except ValueError as e:
+            raise fail("nat.address", str(e)) from None
+    if not isinstance(n.get("ipv6", False), bool):
+        raise fail("nat.ipv6", "must be true or false")
+    return Nat(port_start=ports[0], port_end=ports[1], address_start=a_start, address_end=a_end,
+               ipv6=n.get("ipv6", False))
+
+
+def _ip(i: Any, fail) -> IPBlock:
+    if not isinstance(i, dict):
+        raise fail("ip", "each [[network.ip]] must be a table")
+    unknown = set(i) - _IP_KEYS
+    if unknown:
+        raise fail(f"ip.{sorted(unknown)[0]}", f"unknown key (known: {', '.join(sorted(_IP_KEYS))})")
+    raw = i.get("address")
+    try:
+        addr = ipaddress.ip_address(raw)
+    except ValueError:
+        raise fail("ip.address", f"{raw!r} is not an IP address") from None
+    if "prefix" in i and "netmask" in i:
+        raise fail("ip.prefix", "give either prefix or netmask, not both")
+    if "netmask" in i:
+        try:
+            prefix = ipaddress.IPv4Network(f"0.0.0.0/{i['netmask']}").prefixlen
+        except ValueError:
+            raise fail("ip.netmask", f"{i['netmask']!r} is not a valid netmask") from None
+    else:
+        prefix = i.get("prefix", 24 if addr.version == 4 else 64)
+        if type(prefix) is not int:
+            raise fail("ip.prefix", "must be a number")
+    if not isinstance(i.get("dhcp", False), bool):
+        raise fail("ip.dhcp", "must be true or false")
+    tftp = i.get("tftp_root")
+    if tftp is not None and not isinstance(tftp, str):
+        raise fail("ip.tftp_root", "must be a string")
+    return IPBlock(addr, prefix, i.get("dhcp", False), tftp)
