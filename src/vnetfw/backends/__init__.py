@@ -71,7 +71,9 @@ class Backend:
     def read(self) -> Any:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def changes(self, live: Any, desired: Ruleset | None, scope: Scope) -> ChangeSet:
+    def changes(self, live: Any, desired: Ruleset | None, scope: Scope,
+                prefix: str | None = None) -> ChangeSet:
+        """``prefix`` names the layout when ``desired`` is None (teardown)."""
         raise NotImplementedError  # pragma: no cover
 
     def commit(self, live: Any, changes: ChangeSet) -> None:

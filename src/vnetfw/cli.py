@@ -1,0 +1,227 @@
+"""Command line: parse arguments, call the engine, print the result. Nothing else.
+
+Global options (``--backend``, ``--profile``, ``--prefix``, ``--netns``, ``--state-dir``,
+``--json``) are accepted before the subcommand and after it; ``VNETFW_BACKEND``,
+``VNETFW_PROFILE`` and ``VNETFW_STATE_DIR`` set their defaults. Imports of the engine and
+its dependencies are deferred to the command that needs them, so ``vnetfw --help`` starts
+fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Callable
+
+BACKEND_CHOICES = ("auto", "nftables", "iptables", "iptables-nft", "iptables-legacy")
+EXAMPLES = """\
+examples:
+  vnetfw render net.xml                      show what apply would load (no root needed)
+  vnetfw apply /etc/libvirt/qemu/networks    start or update every network in a folder
+  vnetfw apply --dry-run default.xml         show the changes against the live ruleset
+  vnetfw remove default                      remove a network's rules
+  vnetfw status --json                       active networks and whether rules are in place
+  vnetfw --netns lab1 setup                  create the private chains inside namespace lab1
+  vnetfw demo                                prove isolation with real packets in a sandbox
+"""
+
+
+def _global_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    # On subparsers the defaults are SUPPRESS so an option given before the subcommand is
+    # not overwritten by the subparser's default.
+    d = (lambda v: v) if top else (lambda v: argparse.SUPPRESS)
+    g = parser.add_argument_group("global options")
+    g.add_argument("--backend", choices=BACKEND_CHOICES,
+                   default=d(os.environ.get("VNETFW_BACKEND", "auto")),
+                   help="firewall backend (default: $VNETFW_BACKEND or auto: nftables if "
+                        "usable, else iptables; auto keeps the backend of active networks)")
+    g.add_argument("--profile", default=d(os.environ.get("VNETFW_PROFILE", "default")),
+                   help="rule profile: default (prefix VNETFW) or libvirt (prefix LIBVIRT, "
+                        "libvirt's exact rules)")
+    g.add_argument("--prefix", default=d(None), help="override the chain prefix")
+    g.add_argument("--netns", default=d(None), metavar="NAME",
+                   help="run every firewall command inside network namespace NAME")
+    g.add_argument("--state-dir", default=d(None), metavar="DIR",
+                   help="desired-state directory (default: $VNETFW_STATE_DIR or "
+                        "/var/lib/vnetfw, or /var/lib/vnetfw/netns/NAME with --netns)")
+    g.add_argument("--json", action="store_true", default=d(False),
+                   help="machine-readable output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vnetfw", description="Firewall manager for Linux virtual networks.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    _global_options(p, top=True)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def cmd(name: str, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        _global_options(sp, top=False)
+        return sp
+
+    sp = cmd("setup", "create the private chains and jumps (idempotent); report what changed")
+    sp.add_argument("--dry-run", action="store_true", help="show what would change")
+    sp = cmd("apply", "start or update the networks defined in files or folders")
+    sp.add_argument("paths", nargs="+", metavar="PATH", help="libvirt XML / TOML file or folder")
+    sp.add_argument("--dry-run", action="store_true",
+                    help="print the changes against the live ruleset, change nothing")
+    sp = cmd("remove", "remove the rules of active networks")
+    sp.add_argument("names", nargs="+", metavar="NAME")
+    sp.add_argument("--dry-run", action="store_true", help="show what would change")
+    cmd("list", "list the active networks")
+    cmd("status", "active networks and whether the live firewall matches them")
+    sp = cmd("teardown", "remove every chain, jump and rule vnetfw owns, and nothing else")
+    sp.add_argument("--dry-run", action="store_true", help="show what would change")
+    sp = cmd("render", "print what apply would load into an empty ruleset (no root needed)")
+    sp.add_argument("paths", nargs="+", metavar="PATH")
+    sp.add_argument("--family", choices=("ipv4", "ipv6"),
+                    help="one family only, exactly as iptables-restore/ip6tables-restore take it")
+    cmd("demo", "build a sandbox of namespaces, apply a mixed set of networks and prove the "
+                "traffic policy with real packets (never touches the host)")
+    return p
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def _engine(a: argparse.Namespace):
+    from .engine import Engine
+    return Engine(backend=a.backend, profile=a.profile, netns=a.netns, state_dir=a.state_dir,
+                  prefix=a.prefix)
+
+
+def _emit(a: argparse.Namespace, data: Any, human: Callable[[], None]) -> None:
+    if a.json:
+        json.dump(data, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        human()
+
+
+def _print_report(a: argparse.Namespace, rep) -> int:
+    def human() -> None:
+        verb = "would change" if not rep.applied else "changed"
+        if not rep.changes:
+            print(f"{rep.action}: no change ({rep.backend})")
+        else:
+            print(f"{rep.action}: {verb} {len(rep.changes)} item(s) ({rep.backend})")
+            for c in rep.changes:
+                print(f"  {c}")
+        for w in rep.warnings:
+            print(f"warning: {w}", file=sys.stderr)
+    _emit(a, rep.to_json(), human)
+    return 0
+
+
+def cmd_setup(a):
+    return _print_report(a, _engine(a).setup(dry_run=a.dry_run))
+
+
+def cmd_apply(a):
+    from .sources import load_paths
+    nets = load_paths(a.paths)
+    return _print_report(a, _engine(a).apply(nets, dry_run=a.dry_run))
+
+
+def cmd_remove(a):
+    return _print_report(a, _engine(a).remove(a.names, dry_run=a.dry_run))
+
+
+def cmd_teardown(a):
+    return _print_report(a, _engine(a).teardown(dry_run=a.dry_run))
+
+
+def cmd_list(a):
+    nets = _engine(a).list_networks()
+
+    def human() -> None:
+        if not nets:
+            print("no active networks")
+        for n in nets:
+            subnets = " ".join(str(ip.subnet) for ip in n.ips) or "-"
+            dev = f" via {n.forward_dev}" if n.forward_dev else ""
+            print(f"{n.name:<20} {n.mode.value:<9} {n.bridge or '-':<15} {subnets}{dev}")
+    _emit(a, [n.to_dict() for n in nets], human)
+    return 0
+
+
+def cmd_status(a):
+    st = _engine(a).status()
+
+    def human() -> None:
+        print(f"backend {st['backend']}, profile {st['profile']}, prefix {st['prefix']}, "
+              f"state {st['state_dir']}")
+        print("live firewall: " + ("in sync" if st["in_sync"] else
+                                   f"DRIFT ({len(st['drift'])} differences)"))
+        for d in st["drift"]:
+            print(f"  {d}")
+        if not st["networks"]:
+            print("no active networks")
+        for n in st["networks"]:
+            print(f"  {n['name']:<20} {n['mode']:<9} {n['bridge'] or '-':<15} "
+                  f"{' '.join(n['subnets']) or '-'}  ({n['rules']} rules)")
+    _emit(a, st, human)
+    return 0 if st["in_sync"] else 1
+
+
+def cmd_render(a):
+    from .backends import get_backend
+    from .backends.runner import Runner
+    from .engine import resolve_profile
+    from .plan import plan
+    from .sources import load_paths
+    nets = load_paths(a.paths)
+    desired = plan(nets, resolve_profile(a.profile, a.prefix))
+    name = a.backend
+    if name == "auto":
+        name = "nftables" if _nft_importable() else "iptables"
+    backend = get_backend(name, Runner(None))
+    fam = {"ipv4": 4, "ipv6": 6, None: None}[a.family]
+    sys.stdout.write(backend.render(desired, fam))
+    return 0
+
+
+def _nft_importable() -> bool:
+    try:
+        from .backends import nftables  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def cmd_demo(a):
+    from .lab.demo import run
+    return run(backend=a.backend, profile=a.profile, json=a.json)
+
+
+COMMANDS = {"setup": cmd_setup, "apply": cmd_apply, "remove": cmd_remove, "list": cmd_list,
+            "status": cmd_status, "teardown": cmd_teardown, "render": cmd_render,
+            "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if a.version:
+        from . import __version__
+        print(f"vnetfw {__version__}")
+        return 0
+    if not a.command:
+        parser.print_help()
+        return 2
+    from .errors import VnetfwError
+    try:
+        return COMMANDS[a.command](a)
+    except VnetfwError as e:
+        print(f"vnetfw: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:          # "vnetfw render ... | head": not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0

@@ -1,0 +1,113 @@
+"""Desired state on disk, and the lock that keeps two vnetfw processes from interleaving.
+
+Contract: ``StateStore.lock()`` is an exclusive, blocking (with timeout) lock held for the
+whole read-modify-write of one command; ``load()`` returns the last saved ``State`` (empty if
+none); ``save()`` replaces it atomically (write to a temporary file, fsync, rename), so a
+crash leaves either the old or the new state, never half of one.
+
+Layout: ``<state_dir>/state.json`` and ``<state_dir>/lock``. The default state dir is
+``/var/lib/vnetfw``; with ``--netns NAME`` and no explicit state dir it is
+``/var/lib/vnetfw/netns/NAME``, because each namespace has its own firewall.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from .errors import StateError
+from .model import Network, network_from_dict
+
+DEFAULT_STATE_DIR = "/var/lib/vnetfw"
+FORMAT_VERSION = 1
+
+
+def default_state_dir(netns: str | None) -> Path:
+    env = os.environ.get("VNETFW_STATE_DIR")
+    if env:
+        return Path(env)
+    base = Path(DEFAULT_STATE_DIR)
+    return base / "netns" / netns if netns else base
+
+
+@dataclass
+class State:
+    backend: str | None = None          # backend the active networks were applied with
+    profile: str | None = None
+    prefix: str | None = None
+    networks: dict[str, Network] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"version": FORMAT_VERSION, "backend": self.backend, "profile": self.profile,
+                "prefix": self.prefix,
+                "networks": [self.networks[k].to_dict() for k in sorted(self.networks)]}
+
+
+class StateStore:
+    def __init__(self, directory: str | Path) -> None:
+        self.dir = Path(directory)
+        self.path = self.dir / "state.json"
+
+    @contextlib.contextmanager
+    def lock(self, timeout: float = 30.0) -> Iterator[None]:
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise StateError(f"{self.dir}: cannot use state directory: {e.strerror}") from None
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as e:
+                    if e.errno not in (errno.EAGAIN, errno.EACCES):
+                        raise
+                    if time.monotonic() > deadline:
+                        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                        raise StateError(f"{self.dir}/lock: another vnetfw (pid {holder or '?'}) "
+                                         f"has held the lock for over {timeout:.0f}s") from None
+                    time.sleep(0.05)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)        # closing releases the flock
+
+    def load(self) -> State:
+        try:
+            raw = self.path.read_text()
+        except FileNotFoundError:
+            return State()
+        except OSError as e:
+            raise StateError(f"{self.path}: cannot read: {e.strerror}") from None
+        try:
+            d = json.loads(raw)
+            if d.get("version") != FORMAT_VERSION:
+                raise ValueError(f"unsupported format version {d.get('version')!r}")
+            nets = [network_from_dict(n) for n in d.get("networks", [])]
+        except (ValueError, KeyError, TypeError) as e:
+            raise StateError(f"{self.path}: corrupt state ({e}); move it aside and run "
+                             "'vnetfw apply' again") from None
+        return State(d.get("backend"), d.get("profile"), d.get("prefix"),
+                     {n.name: n for n in nets})
+
+    def save(self, state: State) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        data = json.dumps(state.to_json(), indent=1, sort_keys=True) + "\n"
+        try:
+            with open(tmp, "w") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except OSError as e:
+            raise StateError(f"{self.path}: cannot write: {e.strerror}") from None
