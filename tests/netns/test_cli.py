@@ -1,0 +1,132 @@
+"""The command line, end to end, as an admin would run it (subprocesses, real namespace)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import nsrun, save
+from tests.netns.test_engine import admin_rules
+from vnetfw.errors import StateError
+from vnetfw.state import StateStore
+
+FIX = Path(__file__).parent.parent / "fixtures" / "libvirt"
+
+
+def vnetfw(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    e = {k: v for k, v in os.environ.items() if not k.startswith("VNETFW_")}
+    e.update(env or {})
+    p = subprocess.run([sys.executable, "-m", "vnetfw", *args], capture_output=True, text=True,
+                       env=e)
+    if check and p.returncode != 0:
+        raise AssertionError(f"vnetfw {' '.join(args)} -> {p.returncode}: {p.stderr}")
+    return p
+
+
+def test_global_options_before_and_after_subcommand(make_netns, tmp_path):
+    a, b = make_netns("a"), make_netns("b")
+    xml = str(FIX / "nat-default.xml")
+    vnetfw("--backend", "iptables-legacy", "--netns", a, "--state-dir", str(tmp_path / "a"),
+           "apply", xml)
+    vnetfw("apply", xml, "--backend", "iptables-legacy", "--netns", b,
+           "--state-dir", str(tmp_path / "b"))
+    assert "VNETFW_FWI" in save(a, "iptables-legacy")
+    assert save(a, "iptables-legacy") == save(b, "iptables-legacy")
+    # environment defaults, and --json
+    out = vnetfw("--netns", a, "status", "--json",
+                 env={"VNETFW_BACKEND": "iptables-legacy", "VNETFW_STATE_DIR": str(tmp_path / "a")})
+    st = json.loads(out.stdout)
+    assert st["backend"] == "iptables-legacy" and st["in_sync"]
+    assert [n["name"] for n in st["networks"]] == ["default"]
+
+
+def test_apply_dry_run_then_apply_then_remove_then_teardown(netns, tmp_path):
+    xml = str(FIX / "route-default.xml")
+    common = ["--backend", "iptables-nft", "--netns", netns, "--state-dir", str(tmp_path)]
+    # An admin's rules exist in every table; teardown must give back exactly this.
+    admin_rules(netns, "iptables-nft")
+    before = save(netns)
+    dry = json.loads(vnetfw("apply", "--dry-run", "--json", xml, *common).stdout)
+    assert dry["changed"] and not dry["applied"]
+    assert save(netns) == before
+    rep = json.loads(vnetfw("apply", "--json", xml, *common).stdout)
+    assert rep["changed"] and rep["applied"]
+    assert {c["network"] for c in rep["changes"]} >= {"default"}
+    again = vnetfw("apply", xml, *common).stdout
+    assert "no change" in again
+    listed = json.loads(vnetfw("list", "--json", *common).stdout)
+    assert [n["name"] for n in listed] == ["default"]
+    vnetfw("remove", "default", *common)
+    assert "vnetfw:default" not in save(netns)
+    err = vnetfw("remove", "default", *common, check=False)
+    assert err.returncode == 2 and "not active: default" in err.stderr
+    vnetfw("teardown", *common)
+    assert save(netns) == before
+
+
+def test_status_exits_1_on_drift(netns, tmp_path):
+    common = ["--backend", "iptables-nft", "--netns", netns, "--state-dir", str(tmp_path)]
+    vnetfw("apply", str(FIX / "isolated.xml"), *common)
+    assert vnetfw("status", *common).returncode == 0
+    nsrun(netns, "iptables-nft", "-F", "VNETFW_FWI")
+    p = vnetfw("status", *common, check=False)
+    assert p.returncode == 1 and "DRIFT" in p.stdout and "VNETFW_FWI" in p.stdout
+
+
+def test_bad_definition_changes_nothing(netns, tmp_path):
+    common = ["--backend", "iptables-nft", "--netns", netns, "--state-dir", str(tmp_path)]
+    good = FIX / "nat-default.xml"
+    bad = tmp_path / "bad.xml"
+    bad.write_text(good.read_text().replace("virbr0", "virbr0/evil").replace(
+        "<name>default", "<name>evil"))
+    before = save(netns)
+    p = vnetfw("apply", str(good), str(bad), *common, check=False)
+    assert p.returncode == 2
+    assert p.stderr.count("\n") == 1, "one clear line"
+    assert "bad.xml" in p.stderr and "'evil'" in p.stderr and "bridge" in p.stderr
+    assert save(netns) == before
+
+
+def test_render_needs_no_root_and_matches_restore_format(tmp_path):
+    out = vnetfw("render", "--backend", "iptables", "--family", "ipv4",
+                 str(FIX / "nat-default.xml")).stdout
+    assert out.startswith("*filter\n") and out.endswith("COMMIT\n")
+    assert "-A VNETFW_PRT -s 192.168.122.0/24 ! -d 192.168.122.0/24 -p tcp" in out
+    both = vnetfw("render", "--backend", "iptables", str(FIX / "nat-default.xml")).stdout
+    assert "# ipv6" in both and out in both
+
+
+def test_rendered_family_loads_with_iptables_restore(netns):
+    """What render prints is exactly what iptables-restore takes."""
+    out = vnetfw("render", "--backend", "iptables", "--family", "ipv4",
+                 str(FIX / "nat-ipv6.xml")).stdout
+    nsrun(netns, "iptables-nft-restore", "--noflush", stdin=out)
+    assert "-A VNETFW_FWO -s 192.168.122.0/24 -i virbr0" in save(netns)
+
+
+def test_lock_serialises_processes(tmp_path):
+    store = StateStore(tmp_path)
+    held = threading.Event()
+    release = threading.Event()
+
+    def holder():
+        with store.lock():
+            held.set()
+            release.wait(5)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    held.wait(5)
+    with pytest.raises(StateError, match="another vnetfw"):
+        with StateStore(tmp_path).lock(timeout=0.3):
+            pass
+    release.set()
+    t.join()
+    with StateStore(tmp_path).lock(timeout=1):
+        pass

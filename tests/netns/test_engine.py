@@ -1,0 +1,195 @@
+"""Engine behaviour on the real kernel: ownership, atomicity, setup repair, idempotence.
+
+Each test gets a fresh network namespace; the firewall is read back with the system's own
+``iptables-save``/``nft`` so nothing here trusts vnetfw's own parser.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import nsrun, save
+from vnetfw.backends.iptables import IptablesBackend
+from vnetfw.engine import Engine
+from vnetfw.errors import BackendError
+from vnetfw.sources.toml import parse_toml
+
+FLAVOURS = ["iptables-nft", "iptables-legacy"]
+
+NETS = parse_toml("""
+[[network]]
+name = "nat1"
+bridge = "vbr-nat1"
+mode = "nat"
+nat = { ipv6 = true }
+ip = [{ address = "10.10.1.1", prefix = 24, dhcp = true },
+      { address = "fd00:10:1::1", prefix = 64 }]
+[[network]]
+name = "routed"
+bridge = "vbr-route"
+mode = "route"
+ip = [{ address = "10.10.2.1", prefix = 24 }]
+[[network]]
+name = "iso"
+bridge = "vbr-iso"
+mode = "isolated"
+ip = [{ address = "10.10.3.1", prefix = 24 }]
+""", "nets.toml")
+
+
+def admin_rules(ns: str, flavour: str) -> None:
+    """An admin's own firewall, in every table vnetfw touches, in both families."""
+    mid = flavour.removeprefix("iptables")
+    for fam, net in (("iptables", "203.0.113.0/24"), ("ip6tables", "2001:db8:99::/48")):
+        cmd = f"{fam}{mid}"
+        nsrun(ns, cmd, "-N", "ADMIN")
+        nsrun(ns, cmd, "-A", "ADMIN", "-s", net, "-j", "DROP")
+        nsrun(ns, cmd, "-A", "INPUT", "-j", "ADMIN")
+        nsrun(ns, cmd, "-A", "FORWARD", "-i", "eth9", "-o", "eth8", "-j", "ACCEPT")
+        nsrun(ns, cmd, "-t", "nat", "-A", "POSTROUTING", "-o", "eth9", "-j", "MASQUERADE")
+        nsrun(ns, cmd, "-t", "mangle", "-A", "POSTROUTING", "-o", "eth9", "-j", "RETURN")
+
+
+def without_ours(text: str, prefix: str = "VNETFW") -> str:
+    return "".join(l + "\n" for l in text.splitlines() if f"{prefix}_" not in l)
+
+
+def engine(ns: str, flavour: str, tmp_path, **kw) -> Engine:
+    return Engine(backend=flavour, netns=ns, state_dir=tmp_path / "state", **kw)
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_foreign_rules_untouched_by_apply_and_teardown(netns, flavour, tmp_path):
+    admin_rules(netns, flavour)
+    before = save(netns, flavour)
+    eng = engine(netns, flavour, tmp_path)
+    rep = eng.apply(NETS)
+    assert rep.changed
+    during = save(netns, flavour)
+    assert during != before
+    assert without_ours(during) == before, "a foreign rule or chain was changed by apply"
+    # the admin's INPUT rule is still there, below our jump
+    assert "-A INPUT -j ADMIN" in during
+    eng.teardown()
+    assert save(netns, flavour) == before, "teardown left something or removed foreign rules"
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_second_apply_changes_nothing(netns, flavour, tmp_path):
+    eng = engine(netns, flavour, tmp_path)
+    assert eng.apply(NETS).changed
+    snap = save(netns, flavour)
+    rep = eng.apply(NETS)
+    assert not rep.changed and rep.changes == []
+    assert save(netns, flavour) == snap
+    # the live firewall reads back as exactly the plan
+    st = eng.status()
+    assert st["in_sync"] and st["drift"] == []
+    assert [n["name"] for n in st["networks"]] == ["iso", "nat1", "routed"]
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_apply_one_by_one_equals_all_at_once(make_netns, flavour, tmp_path):
+    a, b = make_netns("a"), make_netns("b")
+    engine(a, flavour, tmp_path / "a").apply(NETS)
+    eb = engine(b, flavour, tmp_path / "b")
+    for net in reversed(NETS):
+        eb.apply([net])
+    assert save(a, flavour) == save(b, flavour)
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("fail_family", [4, 6])
+def test_failed_apply_leaves_ruleset_byte_identical(netns, flavour, fail_family, tmp_path,
+                                                    monkeypatch):
+    admin_rules(netns, flavour)
+    eng = engine(netns, flavour, tmp_path)
+    routed = [n for n in NETS if n.name == "routed"]
+    eng.apply(routed)                   # something of ours is live already (filter only)
+    before = save(netns, flavour)
+    real_script = IptablesBackend.script
+
+    def broken_script(self, changes, family):
+        text = real_script(self, changes, family)
+        if family != fail_family:
+            return text
+        # Corrupt the *second* table of this family's restore: the first one has already
+        # been committed by iptables-restore when the second fails.
+        parts = text.split("COMMIT\n")
+        assert len(parts) >= 3, "expected at least two tables in the restore"
+        parts[1] += "-A VNETFW_PRT -j NO_SUCH_TARGET\n"
+        return "COMMIT\n".join(parts)
+
+    monkeypatch.setattr(IptablesBackend, "script", broken_script)
+    with pytest.raises(BackendError, match="rolled back"):
+        eng.apply(NETS)
+    assert save(netns, flavour) == before
+    monkeypatch.undo()
+    # the state did not record the failed networks
+    assert [n.name for n in eng.list_networks()] == ["routed"]
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_setup_keeps_admin_rule_above_jumps(netns, flavour, tmp_path):
+    mid = flavour.removeprefix("iptables")
+    eng = engine(netns, flavour, tmp_path)
+    assert eng.setup().changed
+    nsrun(netns, f"iptables{mid}", "-I", "FORWARD", "1", "-s", "198.51.100.7", "-j", "DROP")
+    nsrun(netns, f"iptables{mid}", "-I", "INPUT", "1", "-p", "tcp", "--dport", "22", "-j",
+          "ACCEPT")
+    snap = save(netns, flavour)
+    rep = eng.setup()
+    assert not rep.changed, rep.changes
+    eng.apply(NETS)
+    text = save(netns, flavour).split("## ip6tables")[0]
+    fwd = [l for l in text.splitlines() if l.startswith("-A FORWARD")]
+    assert fwd[0] == "-A FORWARD -s 198.51.100.7/32 -j DROP"
+    assert [l.split("-j ")[1] for l in fwd[1:]] == ["VNETFW_FWX", "VNETFW_FWI", "VNETFW_FWO"]
+    inp = [l for l in text.splitlines() if l.startswith("-A INPUT")]
+    assert inp[0].startswith("-A INPUT -p tcp -m tcp --dport 22")
+    assert snap.split("## ip6tables")[0].count("-A FORWARD") == text.count("-A FORWARD")
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_setup_repairs_jump_order(netns, flavour, tmp_path):
+    mid = flavour.removeprefix("iptables")
+    ipt = f"iptables{mid}"
+    eng = engine(netns, flavour, tmp_path)
+    eng.apply(NETS)
+    nsrun(netns, ipt, "-I", "FORWARD", "2", "-i", "eth7", "-j", "ACCEPT")   # admin, mid-way
+    # Someone deleted the FWI jump and re-inserted it at the top: FWI, FWX, admin, FWO.
+    nsrun(netns, ipt, "-D", "FORWARD", "-m", "comment", "--comment", "vnetfw", "-j",
+          "VNETFW_FWI")
+    nsrun(netns, ipt, "-I", "FORWARD", "1", "-j", "VNETFW_FWI")
+    rep = eng.setup()
+    assert rep.changed
+    assert any("FORWARD" in c.where for c in rep.changes)
+    fwd = [l for l in save(netns, flavour).split("## ip6tables")[0].splitlines()
+           if l.startswith("-A FORWARD")]
+    targets = [l.split("-j ")[1] for l in fwd]
+    assert [t for t in targets if t.startswith("VNETFW")] == ["VNETFW_FWX", "VNETFW_FWI",
+                                                             "VNETFW_FWO"]
+    assert "ACCEPT" in targets, "the admin rule was removed"
+    assert not eng.setup().changed
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_remove_deletes_only_that_network(netns, flavour, tmp_path):
+    eng = engine(netns, flavour, tmp_path)
+    eng.apply(NETS)
+    rep = eng.remove(["routed"])
+    assert rep.changed and all(c.network in ("routed", None) for c in rep.changes)
+    text = save(netns, flavour)
+    assert "vnetfw:routed" not in text
+    assert "vnetfw:nat1" in text and "vnetfw:iso" in text
+    assert eng.status()["in_sync"]
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_dry_run_changes_nothing(netns, flavour, tmp_path):
+    eng = engine(netns, flavour, tmp_path)
+    before = save(netns, flavour)
+    rep = eng.apply(NETS, dry_run=True)
+    assert rep.changed and not rep.applied
+    assert save(netns, flavour) == before
+    assert eng.list_networks() == []
