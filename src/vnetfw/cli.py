@@ -37,15 +37,19 @@ def _global_options(parser: argparse.ArgumentParser, top: bool) -> None:
                    default=d(os.environ.get("VNETFW_BACKEND", "auto")),
                    help="firewall backend (default: $VNETFW_BACKEND or auto: nftables if "
                         "usable, else iptables; auto keeps the backend of active networks)")
-    g.add_argument("--profile", default=d(os.environ.get("VNETFW_PROFILE", "default")),
+    g.add_argument("--profile", default=d(os.environ.get("VNETFW_PROFILE")),
                    help="rule profile: default (prefix VNETFW) or libvirt (prefix LIBVIRT, "
-                        "libvirt's exact rules)")
+                        "libvirt's exact rules); default: $VNETFW_PROFILE, else the profile "
+                        "of the active networks, else default")
     g.add_argument("--prefix", default=d(None), help="override the chain prefix")
     g.add_argument("--netns", default=d(None), metavar="NAME",
                    help="run every firewall command inside network namespace NAME")
     g.add_argument("--state-dir", default=d(None), metavar="DIR",
                    help="desired-state directory (default: $VNETFW_STATE_DIR or "
                         "/var/lib/vnetfw, or /var/lib/vnetfw/netns/NAME with --netns)")
+    g.add_argument("--hooks-dir", default=d(None), metavar="DIR",
+                   help="hook scripts run after networks change (default: $VNETFW_HOOKS_DIR "
+                        "or /etc/vnetfw/hooks.d)")
     g.add_argument("--json", action="store_true", default=d(False),
                    help="machine-readable output")
 
@@ -73,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("names", nargs="+", metavar="NAME")
     sp.add_argument("--dry-run", action="store_true", help="show what would change")
     cmd("list", "list the active networks")
+    cmd("diff", "print every difference between the live firewall and the desired state")
+    cmd("check", "like diff, but quiet when clean; exit 1 on any drift (for monitoring)")
+    sp = cmd("reload", "repair everything from the desired state in one atomic step (after "
+                       "firewall-cmd --reload, nft flush ruleset, iptables -F ...)")
+    sp.add_argument("--dry-run", action="store_true", help="show what would be repaired")
     cmd("status", "active networks and whether the live firewall matches them")
     sp = cmd("teardown", "remove every chain, jump and rule vnetfw owns, and nothing else")
     sp.add_argument("--dry-run", action="store_true", help="show what would change")
@@ -91,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _engine(a: argparse.Namespace):
     from .engine import Engine
     return Engine(backend=a.backend, profile=a.profile, netns=a.netns, state_dir=a.state_dir,
-                  prefix=a.prefix)
+                  prefix=a.prefix, hooks_dir=a.hooks_dir)
 
 
 def _emit(a: argparse.Namespace, data: Any, human: Callable[[], None]) -> None:
@@ -113,8 +122,10 @@ def _print_report(a: argparse.Namespace, rep) -> int:
                 print(f"  {c}")
         for w in rep.warnings:
             print(f"warning: {w}", file=sys.stderr)
+        for f in rep.hook_failures:
+            print(f"vnetfw: hook failed: {f}", file=sys.stderr)
     _emit(a, rep.to_json(), human)
-    return 0
+    return 6 if rep.hook_failures else 0
 
 
 def cmd_setup(a):
@@ -133,6 +144,38 @@ def cmd_remove(a):
 
 def cmd_teardown(a):
     return _print_report(a, _engine(a).teardown(dry_run=a.dry_run))
+
+
+def _drift(a, quiet_when_clean: bool) -> int:
+    from .engine import drift_text
+    items = _engine(a).check()
+    lines = [drift_text(c) for c in items]
+
+    def human() -> None:
+        if not lines:
+            if not quiet_when_clean:
+                print("no drift: the live firewall matches the desired state")
+            return
+        print(f"drift: {len(lines)} difference(s) from the desired state "
+              "('vnetfw reload' repairs them)")
+        for l in lines:
+            print(f"  {l}")
+    _emit(a, {"clean": not lines, "drift": [c.to_json() | {"text": t}
+                                            for c, t in zip(items, lines)]}, human)
+    return 1 if lines else 0
+
+
+def cmd_diff(a):
+    _drift(a, quiet_when_clean=False)
+    return 0
+
+
+def cmd_check(a):
+    return _drift(a, quiet_when_clean=True)
+
+
+def cmd_reload(a):
+    return _print_report(a, _engine(a).reload(dry_run=a.dry_run))
 
 
 def cmd_list(a):
@@ -175,7 +218,7 @@ def cmd_render(a):
     from .plan import plan
     from .sources import load_paths
     nets = load_paths(a.paths)
-    desired = plan(nets, resolve_profile(a.profile, a.prefix))
+    desired = plan(nets, resolve_profile(a.profile or "default", a.prefix))
     name = a.backend
     if name == "auto":
         name = "nftables" if _nft_importable() else "iptables"
@@ -195,11 +238,12 @@ def _nft_importable() -> bool:
 
 def cmd_demo(a):
     from .lab.demo import run
-    return run(backend=a.backend, profile=a.profile, json=a.json)
+    return run(backend=a.backend, profile=a.profile or "default", json=a.json)
 
 
 COMMANDS = {"setup": cmd_setup, "apply": cmd_apply, "remove": cmd_remove, "list": cmd_list,
             "status": cmd_status, "teardown": cmd_teardown, "render": cmd_render,
+            "diff": cmd_diff, "check": cmd_check, "reload": cmd_reload,
             "demo": cmd_demo}
 
 

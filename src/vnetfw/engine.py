@@ -6,6 +6,13 @@ step, and only then saves the new desired state. If the commit fails, the backen
 the live ruleset back as it was and the state file is untouched, so a failed command leaves
 nothing behind. ``dry_run`` computes and reports the same changes without committing.
 
+Hooks: after a command changed networks, every executable in the hooks folder (default
+``/etc/vnetfw/hooks.d``) runs, in name order, as ``HOOK NETWORK EVENT`` with the network's
+definition as JSON on stdin (``EVENT``: added, updated, removed, reloaded), like libvirt's
+network hook. Hooks run after the firewall change is complete, so a failing hook never
+leaves half-applied rules: it is reported (``Report.hook_failures``, exit status 6) and the
+rules stay whole.
+
 Optional rules (the CHECKSUM fix-up, which some kernels lack): if a commit fails and the
 desired ruleset holds optional rules, the change is retried once without them and the report
 carries a warning, like libvirt which treats that rule as best-effort.
@@ -13,6 +20,9 @@ carries a warning, like libvirt which treats that rule as best-effort.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
@@ -25,6 +35,19 @@ from .plan import PROFILES, Profile, plan
 from .ruleset import Ruleset
 from .state import State, StateStore, default_state_dir
 
+DEFAULT_HOOKS_DIR = "/etc/vnetfw/hooks.d"
+
+# Drift wording: a Change says what a sync would do; as drift it says what is wrong now.
+_DRIFT_WORDS = {"create": "missing", "add": "missing rule", "insert": "missing",
+                "delete": "unexpected", "move": "misplaced"}
+
+
+def drift_text(c: Change) -> str:
+    """A backend change, phrased as what is wrong with the live firewall."""
+    fam = f"ipv{c.family} " if c.family else ""
+    net = f" (network {c.network})" if c.network else ""
+    return f"{fam}{c.where}: {_DRIFT_WORDS.get(c.what, c.what)} {c.detail}{net}"
+
 
 @dataclass
 class Report:
@@ -36,6 +59,7 @@ class Report:
     applied: bool = True
     warnings: list[str] = field(default_factory=list)
     networks: list[str] = field(default_factory=list)
+    hook_failures: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -44,7 +68,8 @@ class Report:
     def to_json(self) -> dict[str, Any]:
         return {"action": self.action, "backend": self.backend, "changed": self.changed,
                 "applied": self.applied, "networks": self.networks,
-                "changes": [c.to_json() for c in self.changes], "warnings": self.warnings}
+                "changes": [c.to_json() for c in self.changes], "warnings": self.warnings,
+                "hook_failures": self.hook_failures}
 
 
 def resolve_profile(name: str, prefix: str | None = None) -> Profile:
@@ -61,15 +86,26 @@ def resolve_profile(name: str, prefix: str | None = None) -> Profile:
 
 
 class Engine:
-    """Drives one backend in one network namespace with one state directory."""
+    """Drives one backend in one network namespace with one state directory.
 
-    def __init__(self, backend: str = "auto", profile: str = "default", netns: str | None = None,
-                 state_dir: str | Path | None = None, prefix: str | None = None) -> None:
+    ``backend="auto"`` and ``profile=None`` mean: what the active networks were applied with,
+    else nftables-if-usable and the ``default`` profile. Naming another backend or profile
+    explicitly moves the active networks there (new rules first, then the old removed).
+    """
+
+    def __init__(self, backend: str = "auto", profile: str | None = None,
+                 netns: str | None = None, state_dir: str | Path | None = None,
+                 prefix: str | None = None, hooks_dir: str | Path | None = None) -> None:
         self.runner = Runner(netns)
         self.store = StateStore(state_dir if state_dir is not None else default_state_dir(netns))
-        self.profile = resolve_profile(profile, prefix)
+        if profile is not None:
+            resolve_profile(profile, prefix)            # fail early on a bad name or prefix
+        self._profile_name = profile
+        self._prefix = prefix
         self._backend_name = backend
         self._backend: Backend | None = None
+        self.hooks_dir = Path(hooks_dir if hooks_dir is not None
+                              else os.environ.get("VNETFW_HOOKS_DIR", DEFAULT_HOOKS_DIR))
 
     # -- helpers ------------------------------------------------------------------------
     def backend_for(self, state: State) -> Backend:
@@ -83,8 +119,12 @@ class Engine:
                 raise BackendError(f"backend {self._backend.name} is not usable: {why}")
         return self._backend
 
-    def desired(self, networks: Iterable[Network]) -> Ruleset:
-        return plan(networks, self.profile)
+    def profile_for(self, state: State) -> Profile:
+        name = self._profile_name or state.profile or "default"
+        prefix = self._prefix
+        if prefix is None and name == state.profile and state.prefix:
+            prefix = state.prefix if state.prefix != PROFILES[name].prefix else None
+        return resolve_profile(name, prefix)
 
     def _sync(self, backend: Backend, desired: Ruleset | None, scope: Scope, dry_run: bool,
               report: Report, prefix: str | None = None) -> None:
@@ -100,7 +140,7 @@ class Engine:
             optional = desired is not None and any(r.optional for r in desired.rules)
             if not optional:
                 raise
-            report.changes[-len(cs.items):] = []
+            del report.changes[-len(cs.items):]
             trimmed = replace(desired, rules=tuple(r for r in desired.rules if not r.optional))
             report.warnings.append(f"optional rules (CHECKSUM fix-up) left out: {e}")
             live = backend.read()
@@ -109,13 +149,13 @@ class Engine:
             if not cs.empty:
                 backend.commit(live, cs)
 
-    def _switch_away(self, state: State, backend: Backend, dry_run: bool,
+    def _switch_away(self, state: State, backend: Backend, profile: Profile, dry_run: bool,
                      report: Report) -> None:
         """If the active networks live under another backend or prefix, remove them there
         (after the new rules are in place, so filtering never has a gap)."""
-        old_prefix = state.prefix or self.profile.prefix
+        old_prefix = state.prefix or profile.prefix
         if state.backend is None or (state.backend == backend.name
-                                     and old_prefix == self.profile.prefix):
+                                     and old_prefix == profile.prefix):
             return
         old = get_backend(state.backend, self.runner)
         if old.available() is not None:
@@ -124,12 +164,35 @@ class Engine:
             return
         self._sync(old, None, "teardown", dry_run, report, prefix=old_prefix)
 
-    def _commit_state(self, state: State, backend: Backend, networks: dict[str, Network]) -> None:
+    def _save(self, state: State, backend: Backend, profile: Profile,
+              networks: dict[str, Network]) -> None:
         state.backend = backend.name
-        state.profile = self.profile.name
-        state.prefix = self.profile.prefix
+        state.profile = profile.name
+        state.prefix = profile.prefix
         state.networks = networks
         self.store.save(state)
+
+    def hooks(self) -> list[Path]:
+        try:
+            return sorted(p for p in self.hooks_dir.iterdir()
+                          if p.is_file() and os.access(p, os.X_OK) and not p.name.startswith("."))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def _run_hooks(self, events: list[tuple[Network, str]], report: Report) -> None:
+        hooks = self.hooks()
+        for net, event in events:
+            payload = json.dumps(net.to_dict())
+            for hook in hooks:
+                try:
+                    p = subprocess.run([str(hook), net.name, event], input=payload, text=True,
+                                       capture_output=True, timeout=60)
+                    err = None if p.returncode == 0 else \
+                        f"exit {p.returncode}: {(p.stderr.strip().splitlines() or [''])[-1]}"
+                except (OSError, subprocess.TimeoutExpired) as e:
+                    err = str(e)
+                if err is not None:
+                    report.hook_failures.append(f"hook {hook.name} {net.name} {event}: {err}")
 
     # -- commands -----------------------------------------------------------------------
     def setup(self, dry_run: bool = False) -> Report:
@@ -138,7 +201,7 @@ class Engine:
             state = self.store.load()
             b = self.backend_for(state)
             rep = Report("setup", b.name)
-            self._sync(b, self.desired(()), "setup", dry_run, rep)
+            self._sync(b, plan((), self.profile_for(state)), "setup", dry_run, rep)
             return rep
 
     def apply(self, networks: Iterable[Network], dry_run: bool = False) -> Report:
@@ -147,21 +210,25 @@ class Engine:
         with self.store.lock():
             state = self.store.load()
             b = self.backend_for(state)
+            prof = self.profile_for(state)
             merged = dict(state.networks)
             for n in nets:
                 merged[n.name] = n
             # Clashes with networks that are already active are reported against the new file.
-            ordered = [merged[k] for k in merged if k not in {n.name for n in nets}] + nets
-            validate_together(ordered)
-            rep = Report("apply", b.name, networks=sorted(n.name for n in nets))
-            self._sync(b, self.desired(merged.values()), "full", dry_run, rep)
-            self._switch_away(state, b, dry_run, rep)
+            new_names = {n.name for n in nets}
+            validate_together([merged[k] for k in merged if k not in new_names] + nets)
+            rep = Report("apply", b.name, networks=sorted(new_names))
+            self._sync(b, plan(merged.values(), prof), "full", dry_run, rep)
+            self._switch_away(state, b, prof, dry_run, rep)
             if not dry_run:
-                self._commit_state(state, b, merged)
+                old = dict(state.networks)
+                self._save(state, b, prof, merged)
+                self._run_hooks([(n, "updated" if n.name in old else "added") for n in nets
+                                 if old.get(n.name) != n], rep)
             return rep
 
     def remove(self, names: Iterable[str], dry_run: bool = False) -> Report:
-        names = list(names)
+        names = list(dict.fromkeys(names))
         with self.store.lock():
             state = self.store.load()
             unknown = [n for n in names if n not in state.networks]
@@ -169,23 +236,51 @@ class Engine:
                 raise DefinitionError("remove", f"not active: {', '.join(unknown)} (active: "
                                       f"{', '.join(sorted(state.networks)) or 'none'})")
             b = self.backend_for(state)
+            prof = self.profile_for(state)
             kept = {k: v for k, v in state.networks.items() if k not in names}
             rep = Report("remove", b.name, networks=sorted(names))
-            self._sync(b, self.desired(kept.values()), "full", dry_run, rep)
+            self._sync(b, plan(kept.values(), prof), "full", dry_run, rep)
             if not dry_run:
-                self._commit_state(state, b, kept)
+                gone = [state.networks[n] for n in names]
+                self._save(state, b, prof, kept)
+                self._run_hooks([(n, "removed") for n in gone], rep)
             return rep
+
+    def reload(self, dry_run: bool = False) -> Report:
+        """Repair everything from the desired state in one atomic step: the layout (chains,
+        jumps, their order) and every active network's rules. What had to be fixed is the
+        report's ``changes``; hooks get ``reloaded`` when anything was repaired."""
+        with self.store.lock():
+            state = self.store.load()
+            b = self.backend_for(state)
+            prof = self.profile_for(state)
+            rep = Report("reload", b.name, networks=sorted(state.networks))
+            self._sync(b, plan(state.networks.values(), prof), "full", dry_run, rep)
+            if rep.changed and not dry_run:
+                self._run_hooks([(state.networks[n], "reloaded") for n in sorted(state.networks)],
+                                rep)
+            return rep
+
+    def check(self) -> list[Change]:
+        """Every difference between the live firewall and the desired state (empty: clean).
+        Read-only; phrase them with ``drift_text``."""
+        state = self.store.load()
+        b = self.backend_for(state)
+        desired = plan(state.networks.values(), self.profile_for(state))
+        return b.changes(b.read(), desired, "full").items
 
     def teardown(self, dry_run: bool = False) -> Report:
         """Remove every chain, jump and rule vnetfw owns (and nothing else); forget networks."""
         with self.store.lock():
             state = self.store.load()
             b = self.backend_for(state)
+            prof = self.profile_for(state)
             rep = Report("teardown", b.name, networks=sorted(state.networks))
-            prefix = state.prefix or self.profile.prefix
-            self._sync(b, None, "teardown", dry_run, rep, prefix=prefix)
+            self._sync(b, None, "teardown", dry_run, rep, prefix=state.prefix or prof.prefix)
             if not dry_run:
-                self._commit_state(state, b, {})
+                gone = list(state.networks.values())
+                self._save(state, b, prof, {})
+                self._run_hooks([(n, "removed") for n in gone], rep)
             return rep
 
     def status(self) -> dict[str, Any]:
@@ -193,16 +288,16 @@ class Engine:
         needed: a concurrent writer replaces the state file atomically)."""
         state = self.store.load()
         b = self.backend_for(state)
-        desired = self.desired(state.networks.values())
-        live = b.read()
-        drift = b.changes(live, desired, "full").items
+        prof = self.profile_for(state)
+        desired = plan(state.networks.values(), prof)
+        drift = b.changes(b.read(), desired, "full").items
         per_net: dict[str, int] = {}
         for r in desired.rules:
             per_net[r.network] = per_net.get(r.network, 0) + 1
         return {
-            "backend": b.name, "profile": state.profile or self.profile.name,
-            "prefix": desired.prefix, "state_dir": str(self.store.dir),
-            "in_sync": not drift, "drift": [str(c) for c in drift],
+            "backend": b.name, "profile": prof.name, "prefix": prof.prefix,
+            "state_dir": str(self.store.dir),
+            "in_sync": not drift, "drift": [drift_text(c) for c in drift],
             "networks": [{"name": n.name, "mode": n.mode.value, "bridge": n.bridge,
                           "forward_dev": n.forward_dev,
                           "subnets": [str(ip.subnet) for ip in n.ips],
