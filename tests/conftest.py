@@ -32,7 +32,7 @@ def host_snapshot() -> dict[str, str]:
     snap = {}
     for cmd in (["iptables-nft-save"], ["ip6tables-nft-save"], ["iptables-legacy-save"],
                 ["ip6tables-legacy-save"], ["nft", "list", "ruleset"], ["ip", "-o", "link"],
-                ["ip", "-o", "addr"], ["ip", "netns", "list"]):
+                ["ip", "-o", "addr"]):
         snap[" ".join(cmd)] = _out(cmd)
     for key in ("net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"):
         try:

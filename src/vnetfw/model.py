@@ -235,16 +235,34 @@ def validate_together(networks: Iterable[Network]) -> tuple[Network, ...]:
                                 f"{other.name!r} ({other.source})",
                     network=net.name, field="bridge")
             by_bridge[net.bridge] = net
-        for ip in net.ips:
-            for subnet, other in subnets:
-                if other is not net and subnet.version == ip.subnet.version \
-                        and subnet.overlaps(ip.subnet):
-                    raise DefinitionError(
-                        net.source, f"subnet {ip.subnet} overlaps {subnet} of network "
-                                    f"{other.name!r} ({other.source})",
-                        network=net.name, field="ip")
-            subnets.append((ip.subnet, net))
+        subnets.extend((ip.subnet, net) for ip in net.ips)
+    _check_overlaps(subnets, {id(n): i for i, n in enumerate(nets)})
     return tuple(sorted(nets, key=lambda n: n.name))
+
+
+def _check_overlaps(subnets: list[tuple[IPNet, Network]], order: dict[int, int]) -> None:
+    """Sweep subnets sorted by start address: two CIDR blocks overlap only if one contains
+    the other, so each block need only be compared with the widest block still open.
+    O(n log n) instead of comparing every pair (a 1,000-network host took seconds)."""
+    subnets = sorted(subnets, key=lambda s: (s[0].version, int(s[0].network_address),
+                                             s[0].prefixlen))
+    open_: tuple[IPNet, Network] | None = None
+    for subnet, net in subnets:
+        if open_ is not None and open_[0].version == subnet.version \
+                and int(subnet.network_address) <= int(open_[0].broadcast_address):
+            other_subnet, other = open_
+            if other is not net:
+                # Name the definition that came later; it is the one to fix.
+                if order[id(other)] > order[id(net)]:
+                    (subnet, net), (other_subnet, other) = (other_subnet, other), (subnet, net)
+                raise DefinitionError(
+                    net.source, f"subnet {subnet} overlaps {other_subnet} of network "
+                                f"{other.name!r} ({other.source})",
+                    network=net.name, field="ip")
+            continue        # same network: Network.validated() already refused it
+        if open_ is None or open_[0].version != subnet.version \
+                or int(subnet.broadcast_address) > int(open_[0].broadcast_address):
+            open_ = (subnet, net)
 
 
 def with_source(net: Network, source: str) -> Network:

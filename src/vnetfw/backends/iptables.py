@@ -111,7 +111,11 @@ def _comment(text: str) -> str:
 
 
 def render_rule(r: Rule) -> str:
-    """``Rule`` -> iptables arguments (what follows ``-A CHAIN``)."""
+    """``Rule`` -> iptables arguments (what follows ``-A CHAIN``), in exactly the form
+    ``iptables-save`` prints them back (option order, ``-m udp``, the default
+    ``--reject-with``, a single port as ``1024`` not ``1024-1024``, the comment quoted because
+    it holds a ``:``). So the live ruleset is compared with the desired one as plain strings,
+    and only the rules that differ are ever parsed."""
     a: list[str] = []
     if r.src:
         a += ["-s", r.src]
@@ -129,16 +133,22 @@ def render_rule(r: Rule) -> str:
         a += ["-m", "conntrack", "--ctstate", ",".join(r.ctstate)]
     a += [_comment(COMMENT_PREFIX + r.network)]
     a += ["-j", r.verdict]
-    if r.verdict == MASQUERADE and r.to_ports:
-        a += ["--to-ports", f"{r.to_ports[0]}-{r.to_ports[1]}"]
+    if r.verdict == REJECT:
+        a += ["--reject-with", _DEFAULT_REJECT[r.family]]
+    elif r.verdict == MASQUERADE and r.to_ports:
+        a += ["--to-ports", _port_range(r.to_ports)]
     elif r.verdict == SNAT:
         tgt = r.to_source or ""
         if r.to_ports:
-            tgt += f":{r.to_ports[0]}-{r.to_ports[1]}"
+            tgt += ":" + _port_range(r.to_ports)
         a += ["--to-source", tgt]
     elif r.verdict == CHECKSUM:
         a += ["--checksum-fill"]
     return " ".join(a)
+
+
+def _port_range(ports: tuple[int, int]) -> str:
+    return str(ports[0]) if ports[0] == ports[1] else f"{ports[0]}-{ports[1]}"
 
 
 def _cidr(text: str) -> str:
@@ -292,14 +302,18 @@ def _jump_edits(live_rules: list[str], builtin: str, targets: list[str],
     return lines
 
 
-def _rule_edits(live: list[Rule | Foreign], want: list[Rule], chain: str, fam: Family,
-                table: str, items: list[Change]) -> list[str]:
-    """Index-based edits turning ``live`` into ``want`` (cost ~ what differs)."""
-    if live == want:
+def _rule_edits(live: list[str], want: list[Rule], chain: str, fam: Family, table: str,
+                suffix: str, items: list[Change]) -> list[str]:
+    """Index-based edits turning the ``live`` rules (iptables-save arguments) into ``want``.
+
+    Compared as strings in iptables-save form, so an unchanged chain costs one list
+    comparison and a changed one costs what differs."""
+    want_text = [render_rule(r) for r in want]
+    if live == want_text:
         return []
     lines: list[str] = []
     where = f"{table} {chain}"
-    sm = difflib.SequenceMatcher(None, live, want, autojunk=False)
+    sm = difflib.SequenceMatcher(None, live, want_text, autojunk=False)
     pos = 0
     for tag, i1, i2, j1, j2 in sm.get_opcodes():
         if tag == "equal":
@@ -307,13 +321,13 @@ def _rule_edits(live: list[Rule | Foreign], want: list[Rule], chain: str, fam: F
             continue
         for k in range(i1, i2):
             lines.append(f"-D {chain} {pos + 1}")
-            old = live[k]
+            old = parse_rule(live[k], fam, table, suffix)
             items.append(Change(fam, "delete", where, old.describe(),
                                 getattr(old, "network", None) or None))
         for k in range(j1, j2):
             # Appending to a chain that is empty so far reads better and is the same thing.
             op = f"-A {chain}" if not live else f"-I {chain} {pos + 1}"
-            lines.append(f"{op} {render_rule(want[k])}")
+            lines.append(f"{op} {want_text[k]}")
             items.append(Change(fam, "add", where, want[k].describe(), want[k].network))
             pos += 1
     return lines
@@ -392,9 +406,9 @@ class IptablesBackend(Backend):
         if scope == "full":
             for spec in specs:
                 name = f"{prefix}_{spec.suffix}"
-                cur = [parse_rule(a, fam, table, spec.suffix) for a in dump.chains.get(name, [])]
-                ed.lines += _rule_edits(cur, want.get((fam, table, spec.suffix), []), name, fam,
-                                        table, items)
+                ed.lines += _rule_edits(dump.chains.get(name, []),
+                                        want.get((fam, table, spec.suffix), []), name, fam,
+                                        table, spec.suffix, items)
         for builtin in dict.fromkeys(s.builtin for s in specs):
             targets = [f"{prefix}_{s.suffix}" for s in specs if s.builtin == builtin]
             ed.lines += _jump_edits(dump.chains.get(builtin, []), builtin, targets, fam, table,
