@@ -240,6 +240,7 @@ class Engine:
             kept = {k: v for k, v in state.networks.items() if k not in names}
             rep = Report("remove", b.name, networks=sorted(names))
             self._sync(b, plan(kept.values(), prof), "full", dry_run, rep)
+            self._switch_away(state, b, prof, dry_run, rep)
             if not dry_run:
                 gone = [state.networks[n] for n in names]
                 self._save(state, b, prof, kept)
@@ -256,6 +257,9 @@ class Engine:
             prof = self.profile_for(state)
             rep = Report("reload", b.name, networks=sorted(state.networks))
             self._sync(b, plan(state.networks.values(), prof), "full", dry_run, rep)
+            self._switch_away(state, b, prof, dry_run, rep)
+            if not dry_run and (state.backend, state.prefix) != (b.name, prof.prefix):
+                self._save(state, b, prof, state.networks)
             if rep.changed and not dry_run:
                 self._run_hooks([(state.networks[n], "reloaded") for n in sorted(state.networks)],
                                 rep)

@@ -193,3 +193,29 @@ def test_dry_run_changes_nothing(netns, flavour, tmp_path):
     assert rep.changed and not rep.applied
     assert save(netns, flavour) == before
     assert eng.list_networks() == []
+
+
+@pytest.mark.parametrize("src,dst", [("iptables-nft", "iptables-legacy"),
+                                     ("iptables-legacy", "iptables-nft")])
+def test_switching_backend_moves_networks_in_one_command(netns, src, dst, tmp_path):
+    admin_rules(netns, src)
+    foreign = save(netns, src)
+    engine(netns, src, tmp_path).apply(NETS)
+    eng = engine(netns, dst, tmp_path)
+    rep = eng.reload()
+    assert rep.backend == dst and rep.changed
+    assert save(netns, src) == foreign, "old backend's rules not removed cleanly"
+    assert "vnetfw:nat1" in save(netns, dst)
+    # the state now follows the new backend: auto keeps it
+    assert Engine(netns=netns, state_dir=tmp_path / "state").status()["backend"] == dst
+    assert Engine(netns=netns, state_dir=tmp_path / "state").check() == []
+
+
+def test_profile_switch_moves_chains(netns, tmp_path):
+    engine(netns, "iptables-nft", tmp_path).apply(NETS)
+    eng = engine(netns, "iptables-nft", tmp_path, profile="libvirt")
+    eng.reload()
+    text = save(netns)
+    assert "VNETFW_" not in text and "LIBVIRT_FWI" in text
+    # without --profile, later commands keep the libvirt profile
+    assert engine(netns, "iptables-nft", tmp_path).check() == []
