@@ -1,0 +1,312 @@
+"""iptables backend, pure parts: Rule <-> iptables arguments, iptables-save parsing, render.
+
+The parser must read back exactly what iptables-save prints for our rules (its canonical
+spelling: implicit ``-m udp``, default ``--reject-with``, ``/32``...), and must turn anything it
+does not fully understand into ``Foreign`` rather than guess.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vnetfw.backends.iptables import (Foreign, IptablesBackend, IptLive, parse_rule, parse_save,
+                                      render_rule)
+from vnetfw.backends.runner import Runner
+from vnetfw.errors import BackendError
+from vnetfw.plan import PROFILES, plan
+from vnetfw.ruleset import CT_REPLY, LAYOUT, Rule, Ruleset
+from vnetfw.sources import load_paths
+
+LIBVIRT = Path(__file__).resolve().parent.parent / "fixtures" / "libvirt"
+CASES = sorted(p.stem for p in LIBVIRT.glob("*.xml"))
+
+
+def R(chain="FWI", verdict="ACCEPT", family=4, table="filter", network="net1", **kw) -> Rule:
+    return Rule(family=family, table=table, chain=chain, network=network, verdict=verdict, **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# render_rule: exact text
+
+@pytest.mark.parametrize("rule, text", [
+    (R("INP", iif="virbr0", proto="udp", dport=53),
+     '-i virbr0 -p udp -m udp --dport 53 -m comment --comment "vnetfw:net1" -j ACCEPT'),
+    (R("FWI", dst="192.168.122.0/24", iif="eth0", oif="virbr0", ctstate=CT_REPLY),
+     '-d 192.168.122.0/24 -i eth0 -o virbr0 -m conntrack --ctstate RELATED,ESTABLISHED '
+     '-m comment --comment "vnetfw:net1" -j ACCEPT'),
+    (R("FWO", "REJECT", family=6, iif="virbr0"),
+     '-i virbr0 -m comment --comment "vnetfw:net1" -j REJECT --reject-with icmp6-port-unreachable'),
+    (R("FWI", "REJECT", oif="virbr0"),
+     '-o virbr0 -m comment --comment "vnetfw:net1" -j REJECT --reject-with icmp-port-unreachable'),
+    (R("PRT", "MASQUERADE", table="nat", src="10.0.0.0/24", dst="10.0.0.0/24", dst_neg=True,
+       proto="udp", to_ports=(5000, 5000)),
+     '-s 10.0.0.0/24 ! -d 10.0.0.0/24 -p udp -m comment --comment "vnetfw:net1" '
+     '-j MASQUERADE --to-ports 5000'),
+    (R("PRT", "MASQUERADE", table="nat", src="10.0.0.0/24", dst="10.0.0.0/24", dst_neg=True,
+       proto="tcp", to_ports=(1024, 65535)),
+     '-s 10.0.0.0/24 ! -d 10.0.0.0/24 -p tcp -m comment --comment "vnetfw:net1" '
+     '-j MASQUERADE --to-ports 1024-65535'),
+    (R("PRT", "SNAT", table="nat", src="10.0.0.0/24", dst="10.0.0.0/24", dst_neg=True,
+       oif="eth0", proto="udp", to_source="203.0.113.1-203.0.113.9", to_ports=(2000, 3000)),
+     '-s 10.0.0.0/24 ! -d 10.0.0.0/24 -o eth0 -p udp -m comment --comment "vnetfw:net1" '
+     '-j SNAT --to-source 203.0.113.1-203.0.113.9:2000-3000'),
+    (R("PRT", "SNAT", table="nat", src="10.0.0.0/24", to_source="203.0.113.1"),
+     '-s 10.0.0.0/24 -m comment --comment "vnetfw:net1" -j SNAT --to-source 203.0.113.1'),
+    (R("PRT", "RETURN", table="nat", family=6, src="fd00::/64", dst="ff02::/16"),
+     '-s fd00::/64 -d ff02::/16 -m comment --comment "vnetfw:net1" -j RETURN'),
+    (R("PRT", "CHECKSUM", table="mangle", oif="virbr0", proto="udp", dport=68, optional=True),
+     '-o virbr0 -p udp -m udp --dport 68 -m comment --comment "vnetfw:net1" '
+     '-j CHECKSUM --checksum-fill'),
+], ids=["service", "reply", "reject6", "reject4", "one-port", "masquerade", "snat-range-ports", "snat-one", "return6",
+        "checksum"])
+def test_render_rule(rule, text):
+    assert render_rule(rule) == text
+    assert parse_rule(text, rule.family, rule.table, rule.chain) == rule
+
+
+# ---------------------------------------------------------------------------------------------
+# parse_rule reads iptables-save's canonical spelling
+
+def _with_comment(args: str, network: str = "default") -> str:
+    """A reference rule as iptables-save prints it once vnetfw's comment is on it."""
+    head, _, tail = args.partition(" -j ")
+    return f'{head} -m comment --comment "vnetfw:{network}" -j {tail}'
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_parse_rule_reads_every_reference_rule_as_planned(case):
+    rs = plan(load_paths([LIBVIRT / f"{case}.xml"]), PROFILES["libvirt"])
+    for fam in (4, 6):
+        ref = parse_save((LIBVIRT / f"{case}.iptables-save.v{fam}").read_text())
+        for spec in LAYOUT:
+            saved = ref[spec.table].chains[f"LIBVIRT_{spec.suffix}"]
+            parsed = [parse_rule(_with_comment(a), fam, spec.table, spec.suffix) for a in saved]
+            assert parsed == list(rs.chain(fam, spec.table, spec.suffix)), \
+                f"ipv{fam} {spec.table} {spec.suffix}"
+
+
+@pytest.mark.parametrize("args, expect", [
+    ('-s 10.0.0.1/32 -m comment --comment "vnetfw:n" -j ACCEPT', {"src": "10.0.0.1/32"}),
+    ('-s 10.0.0.1 -m comment --comment "vnetfw:n" -j ACCEPT', {"src": "10.0.0.1/32"}),
+    ('-d 10.0.0.7/24 -m comment --comment "vnetfw:n" -j ACCEPT', {"dst": "10.0.0.0/24"}),
+    ('-m conntrack --ctstate ESTABLISHED,RELATED -m comment --comment "vnetfw:n" -j ACCEPT',
+     {"ctstate": CT_REPLY}),
+    ('-m comment --comment vnetfw:n -j REJECT --reject-with icmp-port-unreachable', {}),
+], ids=["cidr32", "bare-address", "host-bits", "ctstate-order", "unquoted-comment"])
+def test_parse_rule_canonicalises(args, expect):
+    verdict = args.split(" -j ")[1].split()[0]
+    assert parse_rule(args, 4, "filter", "FWI") == R("FWI", verdict, network="n", **expect)
+
+
+def test_parse_rule_reject_default_is_per_family():
+    v6 = "-m comment --comment vnetfw:n -j REJECT --reject-with icmp6-port-unreachable"
+    assert parse_rule(v6, 6, "filter", "FWO") == R("FWO", "REJECT", family=6, network="n")
+    assert isinstance(parse_rule(v6, 4, "filter", "FWO"), Foreign)
+
+
+@pytest.mark.parametrize("args", [
+    "-i virbr0 -j ACCEPT",                                                    # no owner
+    '-i virbr0 -m comment --comment "admin rule" -j ACCEPT',                 # someone else's
+    '-i virbr0 -m comment --comment "vnetfw:" -j ACCEPT',                    # no network
+    '-i virbr0 -m state --state NEW -m comment --comment "vnetfw:n" -j ACCEPT',
+    '-i virbr0 -p tcp -m tcp --sport 22 -m comment --comment "vnetfw:n" -j ACCEPT',
+    '! -s 10.0.0.0/8 -m comment --comment "vnetfw:n" -j ACCEPT',             # only ! -d is ours
+    '! -i virbr0 -m comment --comment "vnetfw:n" -j ACCEPT',
+    '-m comment --comment "vnetfw:n" -j REJECT --reject-with tcp-reset',
+    '-m comment --comment "vnetfw:n -j ACCEPT',                              # unbalanced quote
+    '-i virbr0 -m comment --comment "vnetfw:n"',                             # no verdict
+    '-p tcp -m tcp --dport ssh -m comment --comment "vnetfw:n" -j ACCEPT',   # not a number
+    '-s not-an-address -m comment --comment "vnetfw:n" -j ACCEPT',
+    '-i virbr0 -m comment --comment "vnetfw:n" -j',                          # dangling -j
+])
+def test_parse_rule_anything_not_fully_understood_is_foreign(args):
+    got = parse_rule(args, 4, "filter", "FWI")
+    assert got == Foreign(args)
+
+
+def test_optional_flag_survives_a_round_trip_but_not_equality():
+    rule = R("PRT", "CHECKSUM", table="mangle", oif="virbr0", proto="udp", dport=68,
+             optional=True)
+    back = parse_rule(render_rule(rule), 4, "mangle", "PRT")
+    assert back.optional is True
+    assert back == R("PRT", "CHECKSUM", table="mangle", oif="virbr0", proto="udp", dport=68)
+
+
+# ---------------------------------------------------------------------------------------------
+# parse_save
+
+SAVE = """\
+# Generated by iptables-nft-save v1.8.9 (nf_tables) on Mon Jan  1 00:00:00 2024
+*filter
+:INPUT ACCEPT [10:600]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [5:300]
+:ADMIN - [0:0]
+:VNETFW_FWX - [0:0]
+[3:180] -A INPUT -s 192.0.2.0/24 -j ADMIN
+[0:0] -A FORWARD -m comment --comment vnetfw -j VNETFW_FWX
+[0:0] -A VNETFW_FWX -i virbr0 -o virbr0 -m comment --comment "vnetfw:n" -j ACCEPT
+COMMIT
+# Completed on Mon Jan  1 00:00:00 2024
+*nat
+:PREROUTING ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+COMMIT
+"""
+
+
+def test_parse_save():
+    tables = parse_save(SAVE)
+    assert list(tables) == ["filter", "nat"]
+    f = tables["filter"]
+    assert f.policies == {"INPUT": "ACCEPT", "FORWARD": "DROP", "OUTPUT": "ACCEPT",
+                          "ADMIN": "-", "VNETFW_FWX": "-"}
+    assert f.chains == {
+        "INPUT": ["-s 192.0.2.0/24 -j ADMIN"],
+        "FORWARD": ["-m comment --comment vnetfw -j VNETFW_FWX"],
+        "OUTPUT": [], "ADMIN": [],
+        "VNETFW_FWX": ['-i virbr0 -o virbr0 -m comment --comment "vnetfw:n" -j ACCEPT'],
+    }
+    # The table text is kept verbatim (counters included) so a rollback restores it exactly.
+    assert f.text.startswith("*filter\n:INPUT ACCEPT [10:600]\n") and f.text.endswith("COMMIT\n")
+    assert "[3:180] -A INPUT -s 192.0.2.0/24 -j ADMIN" in f.text
+    assert "#" not in f.text
+    assert tables["nat"].chains == {"PREROUTING": [], "POSTROUTING": []}
+
+
+def test_live_ruleset_reads_only_our_chains_and_skips_foreign_rules():
+    live = IptLive({4: parse_save(SAVE), 6: {}})
+    be = IptablesBackend(Runner())
+    assert be.live_ruleset(live, "VNETFW") == Ruleset.canonical("VNETFW", [
+        R("FWX", iif="virbr0", oif="virbr0", network="n")])
+    assert be.live_ruleset(live, "LIBVIRT").rules == ()
+
+
+# ---------------------------------------------------------------------------------------------
+# render: pure, and exactly what the restore would load on an empty system
+
+class NoRun(Runner):
+    def run(self, argv, stdin=None, *, check=True):
+        raise AssertionError(f"render must not run commands (ran {argv})")
+
+
+def test_render_runs_nothing_and_names_each_family():
+    be = IptablesBackend(NoRun(), flavour="iptables-legacy")
+    text = be.render(plan(load_paths([LIBVIRT / "nat-ipv6.xml"]), PROFILES["default"]))
+    assert text.startswith("# ipv4: iptables-legacy-restore --noflush\n*filter\n")
+    assert "\n# ipv6: ip6tables-legacy-restore --noflush\n*filter\n" in text
+
+
+def test_render_of_an_empty_plan_is_the_chain_setup():
+    text = IptablesBackend(NoRun()).render(plan([], PROFILES["libvirt"]), 4)
+    assert text == (
+        "*filter\n"
+        ":LIBVIRT_INP - [0:0]\n:LIBVIRT_OUT - [0:0]\n:LIBVIRT_FWX - [0:0]\n"
+        ":LIBVIRT_FWI - [0:0]\n:LIBVIRT_FWO - [0:0]\n"
+        '-I INPUT 1 -m comment --comment "vnetfw" -j LIBVIRT_INP\n'
+        '-I OUTPUT 1 -m comment --comment "vnetfw" -j LIBVIRT_OUT\n'
+        '-I FORWARD 1 -m comment --comment "vnetfw" -j LIBVIRT_FWX\n'
+        '-I FORWARD 2 -m comment --comment "vnetfw" -j LIBVIRT_FWI\n'
+        '-I FORWARD 3 -m comment --comment "vnetfw" -j LIBVIRT_FWO\n'
+        "COMMIT\n"
+        "*nat\n:LIBVIRT_PRT - [0:0]\n"
+        '-I POSTROUTING 1 -m comment --comment "vnetfw" -j LIBVIRT_PRT\nCOMMIT\n'
+        "*mangle\n:LIBVIRT_PRT - [0:0]\n"
+        '-I POSTROUTING 1 -m comment --comment "vnetfw" -j LIBVIRT_PRT\nCOMMIT\n')
+
+
+def test_rendered_text_reads_back_as_the_plan():
+    # What render writes, parsed as iptables-save would show it, is the planned ruleset.
+    rs = plan(load_paths([LIBVIRT / "nat-port-range-ipv6.xml"]), PROFILES["default"])
+    be = IptablesBackend(NoRun())
+    live = IptLive({fam: parse_save(be.render(rs, fam)) for fam in (4, 6)})
+    assert be.live_ruleset(live, rs.prefix) == rs
+
+
+def test_unknown_backend_name():
+    from vnetfw.backends import get_backend
+    with pytest.raises(BackendError, match="unknown backend"):
+        get_backend("ipchains", Runner())
+
+
+# ---------------------------------------------------------------------------------------------
+# changes(..., "setup") on a synthetic live ruleset: the outcome of the edits, simulated.
+
+def _filter_live(rules: list[str]) -> IptLive:
+    chains = ("VNETFW_INP", "VNETFW_OUT", "VNETFW_FWX", "VNETFW_FWI", "VNETFW_FWO")
+    text = ("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+            + "".join(f":{c} - [0:0]\n" for c in chains)
+            + "".join(f"-A {r}\n" for r in rules) + "COMMIT\n")
+    return IptLive({4: parse_save(text), 6: {}})
+
+
+def _after(live: IptLive, script: str, table: str = "filter") -> dict[str, list[str]]:
+    """Apply the -D/-I/-A lines of ``script`` for ``table`` to ``live``: the chains after."""
+    chains = {c: list(r) for c, r in live.tables[4][table].chains.items()}
+    cur = None
+    for line in script.splitlines():
+        if line.startswith("*"):
+            cur = line[1:]
+        elif cur == table and line.startswith(("-D ", "-I ", "-A ")):
+            op, chain, rest = line.split(" ", 2)
+            if op == "-A":
+                chains[chain].append(rest)
+            else:
+                n, _, rule = rest.partition(" ")
+                if op == "-D":
+                    del chains[chain][int(n) - 1]
+                else:
+                    chains[chain].insert(int(n) - 1, rule)
+    return chains
+
+
+def _targets(rules: list[str]) -> list[str]:
+    return [r.rsplit("-j ", 1)[1] for r in rules]
+
+
+JUMP = "-m comment --comment vnetfw -j "
+SETUP = plan([], PROFILES["default"])
+
+
+def test_setup_keeps_an_admin_rule_above_the_jumps():
+    live = _filter_live(["INPUT -s 192.0.2.1/32 -j DROP", f"INPUT {JUMP}VNETFW_INP",
+                         f"FORWARD {JUMP}VNETFW_FWX", f"FORWARD {JUMP}VNETFW_FWI",
+                         f"FORWARD {JUMP}VNETFW_FWO", f"OUTPUT {JUMP}VNETFW_OUT"])
+    be = IptablesBackend(NoRun())
+    script = be.script(be.changes(live, SETUP, "setup"), 4)
+    assert "*nat\n" in script and "*filter\n" not in script    # only the missing PRT chains
+
+
+def test_setup_repairs_the_forward_jump_order_and_leaves_other_rules_alone():
+    live = _filter_live(["FORWARD -i eth9 -j DROP", f"FORWARD {JUMP}VNETFW_FWI",
+                         f"FORWARD {JUMP}VNETFW_FWX", "FORWARD -o eth9 -j DROP",
+                         f"FORWARD {JUMP}VNETFW_FWO", f"INPUT {JUMP}VNETFW_INP",
+                         f"OUTPUT {JUMP}VNETFW_OUT"])
+    be = IptablesBackend(NoRun())
+    cs = be.changes(live, SETUP, "setup")
+    forward = _after(live, be.script(cs, 4))["FORWARD"]
+    assert [t for t in _targets(forward) if t.startswith("VNETFW")] == \
+        ["VNETFW_FWX", "VNETFW_FWI", "VNETFW_FWO"]
+    assert [r for r in forward if "eth9" in r] == ["-i eth9 -j DROP", "-o eth9 -j DROP"]
+    assert forward.index("-i eth9 -j DROP") == 0          # still above every jump
+
+
+def test_setup_drops_duplicate_jumps_and_adds_missing_ones():
+    live = _filter_live([f"INPUT {JUMP}VNETFW_INP", f"INPUT {JUMP}VNETFW_INP",
+                         f"FORWARD {JUMP}VNETFW_FWX", f"FORWARD {JUMP}VNETFW_FWO",
+                         "OUTPUT -j VNETFW_OUT"])            # a plain jump counts as ours
+    be = IptablesBackend(NoRun())
+    after = _after(live, be.script(be.changes(live, SETUP, "setup"), 4))
+    assert _targets(after["INPUT"]) == ["VNETFW_INP"]
+    assert _targets(after["FORWARD"]) == ["VNETFW_FWX", "VNETFW_FWI", "VNETFW_FWO"]
+    assert after["OUTPUT"] == ["-j VNETFW_OUT"]
+
+
+def test_a_jump_with_extra_matches_is_the_admins_not_ours():
+    live = _filter_live([f"INPUT -i eth0 {JUMP}VNETFW_INP"])
+    be = IptablesBackend(NoRun())
+    after = _after(live, be.script(be.changes(live, SETUP, "setup"), 4))
+    assert after["INPUT"][1:] == [f"-i eth0 {JUMP}VNETFW_INP"]   # kept, ours added on top
+    assert _targets(after["INPUT"][:1]) == ["VNETFW_INP"]
