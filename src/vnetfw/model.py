@@ -49,8 +49,10 @@ UNMANAGED_MODES = frozenset({Mode.BRIDGE, Mode.PRIVATE, Mode.VEPA, Mode.PASSTHRO
 
 # Linux: IFNAMSIZ is 16 including the NUL, so 15 characters; dev_valid_name() refuses "/",
 # ":" and whitespace, and "." / "..". Quotes are refused too so a name is always a plain token
-# in iptables-restore and nft scripts.
-_IFNAME_BAD = re.compile(r"[/:\s\"'\\]")
+# in iptables-restore and nft scripts. "+" is legal for Linux but a trailing "+" is a
+# wildcard to iptables ("-i virbr+" matches every virbr*), and "*" is nft's: a bridge named
+# that way would open the firewall for every interface sharing the prefix.
+_IFNAME_BAD = re.compile(r"[/:\s\"'\\+*]")
 # Network names end up in rule comments and nft chain names: keep them to a safe alphabet.
 _NETNAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}$")
 _CHAIN_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,19}$")
@@ -65,8 +67,42 @@ def ifname_problem(name: object) -> str | None:
     if name in (".", ".."):
         return f"interface name {name!r} is reserved"
     if _IFNAME_BAD.search(name) or not name.isprintable():
-        return f"interface name {name!r} may not contain '/', ':', quotes, backslashes or whitespace"
+        return (f"interface name {name!r} may not contain '/', ':', quotes, backslashes, "
+                "whitespace, or the wildcards '+' and '*'")
     return None
+
+
+_DIGITS = re.compile(r"[0-9]+")
+_DOTTED_QUAD = re.compile(r"(?:[0-9]{1,3}\.){3}[0-9]{1,3}")
+
+
+def parse_number(text: str) -> int | None:
+    """A plain decimal number, or None ("1_000", " 5", "+5" and non-ASCII digits are not)."""
+    return int(text) if _DIGITS.fullmatch(text) else None
+
+
+def netmask_prefix(mask: object) -> int | None:
+    """Prefix length of a dotted-quad netmask with contiguous ones (255.255.255.0 -> 24), or
+    None. ipaddress would also take a hostmask (0.0.0.255) or a bare "24"; libvirt does not."""
+    if not isinstance(mask, str) or not _DOTTED_QUAD.fullmatch(mask):
+        return None
+    try:
+        bits = int(ipaddress.IPv4Address(mask))
+    except ValueError:
+        return None
+    inverted = ~bits & 0xFFFFFFFF
+    if inverted & (inverted + 1):           # ones must be contiguous from the top
+        return None
+    return 32 - inverted.bit_length()
+
+
+def classful_prefix(addr: "IPAddr") -> int:
+    """libvirt's default for an address without netmask or prefix: IPv6 /64, IPv4 its
+    historic class (A /8, B /16, C /24)."""
+    if addr.version == 6:
+        return 64
+    first = int(addr) >> 24
+    return 8 if first < 128 else 16 if first < 192 else 24
 
 
 def netname_problem(name: object) -> str | None:

@@ -80,7 +80,10 @@ def _service(net: Network, family: Family, chain: str, proto: str, port: int) ->
 
 def _general_v4(net: Network, profile: Profile) -> list[Rule]:
     v4 = net.ips_of(4)
-    tftp = next((ip for ip in v4 if ip.tftp_root is not None), None)
+    # dnsmasq serves DHCP/TFTP on one IPv4 address: like libvirt, take the first one with
+    # DHCP or a TFTP root, and open TFTP only if that one has the root.
+    first = next((ip for ip in v4 if ip.dhcp or ip.tftp_root is not None), None)
+    tftp = first if first is not None and first.tftp_root is not None else None
     dhcp = any(ip.dhcp for ip in v4)
     inp: list[Rule] = []
     outp: list[Rule] = []

@@ -14,7 +14,7 @@ import defusedxml.ElementTree as DET
 from defusedxml import DefusedXmlException
 
 from ..errors import DefinitionError
-from ..model import IPBlock, Mode, Nat, Network
+from ..model import IPBlock, Mode, Nat, Network, classful_prefix, netmask_prefix, parse_number
 
 _MODES = {m.value: m for m in Mode if m is not Mode.ISOLATED}
 _YES = {"yes": True, "no": False}
@@ -55,10 +55,10 @@ class _Reader:
         v = el.get(attr)
         if v is None:
             raise self.fail("nat port", f"<port> needs a {attr!r} attribute")
-        try:
-            return int(v, 10)
-        except ValueError:
-            raise self.fail("nat port", f"{attr}={v!r} is not a port number") from None
+        n = parse_number(v)
+        if n is None:
+            raise self.fail("nat port", f"{attr}={v!r} is not a port number")
+        return n
 
     def network(self) -> Network:
         name_el = self.root.find("name")
@@ -137,17 +137,14 @@ class _Reader:
         if mask is not None:
             if addr.version != 4:
                 raise self.fail("ip netmask", "netmask is for IPv4; use prefix for IPv6")
-            try:
-                return ipaddress.IPv4Network(f"0.0.0.0/{mask}").prefixlen
-            except ValueError:
-                raise self.fail("ip netmask", f"{mask!r} is not a valid netmask") from None
+            n = netmask_prefix(mask)
+            if n is None:
+                raise self.fail("ip netmask", f"{mask!r} is not a netmask (dotted quad of "
+                                              "contiguous ones, e.g. 255.255.255.0)")
+            return n
         if prefix is not None:
-            try:
-                return int(prefix, 10)
-            except ValueError:
-                raise self.fail("ip prefix", f"{prefix!r} is not a number") from None
-        if addr.version == 6:
-            return 64
-        # libvirt's default for an IPv4 address without netmask: its classful prefix.
-        first = int(addr) >> 24
-        return 8 if first < 128 else 16 if first < 192 else 24
+            n = parse_number(prefix)
+            if n is None:
+                raise self.fail("ip prefix", f"{prefix!r} is not a number")
+            return n
+        return classful_prefix(addr)

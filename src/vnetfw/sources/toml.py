@@ -11,7 +11,7 @@ A file holds one network as top-level keys, or several as ``[[network]]`` tables
     nat = { ports = [1024, 65535], address = ["203.0.113.10", "203.0.113.20"], ipv6 = true }
     [[network.ip]]
     address = "192.168.122.1"
-    prefix = 24
+    prefix = 24                  # or netmask = "255.255.255.0"; default as libvirt: classful /64
     dhcp = true
     tftp_root = "/srv/tftp"      # optional, IPv4 only
 
@@ -25,7 +25,7 @@ import tomllib
 from typing import Any
 
 from ..errors import DefinitionError
-from ..model import IPBlock, Mode, Nat, Network
+from ..model import IPBlock, Mode, Nat, Network, classful_prefix, netmask_prefix
 
 _NET_KEYS = {"name", "bridge", "mode", "forward_dev", "ipv6", "nat", "ip"}
 _NAT_KEYS = {"ports", "address", "ipv6"}
@@ -33,8 +33,8 @@ _IP_KEYS = {"address", "prefix", "netmask", "dhcp", "tftp_root"}
 
 
 def parse_toml(data: bytes | str, source: str = "<string>") -> list[Network]:
-    text = data.decode("utf-8") if isinstance(data, bytes) else data
     try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
         doc = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise DefinitionError(source, f"malformed TOML: {e}") from None
@@ -118,18 +118,21 @@ def _ip(i: Any, fail) -> IPBlock:
         raise fail(f"ip.{sorted(unknown)[0]}", f"unknown key (known: {', '.join(sorted(_IP_KEYS))})")
     raw = i.get("address")
     try:
+        if not isinstance(raw, str):
+            raise ValueError
         addr = ipaddress.ip_address(raw)
     except ValueError:
-        raise fail("ip.address", f"{raw!r} is not an IP address") from None
+        raise fail("ip.address", f"{raw!r} is not an IP address (a string such as "
+                                 "\"192.168.122.1\")") from None
     if "prefix" in i and "netmask" in i:
         raise fail("ip.prefix", "give either prefix or netmask, not both")
     if "netmask" in i:
-        try:
-            prefix = ipaddress.IPv4Network(f"0.0.0.0/{i['netmask']}").prefixlen
-        except ValueError:
-            raise fail("ip.netmask", f"{i['netmask']!r} is not a valid netmask") from None
+        prefix = netmask_prefix(i["netmask"])
+        if prefix is None or addr.version != 4:
+            raise fail("ip.netmask", f"{i['netmask']!r} is not an IPv4 netmask (dotted quad of "
+                                     "contiguous ones, e.g. 255.255.255.0)")
     else:
-        prefix = i.get("prefix", 24 if addr.version == 4 else 64)
+        prefix = i.get("prefix", classful_prefix(addr))
         if type(prefix) is not int:
             raise fail("ip.prefix", "must be a number")
     if not isinstance(i.get("dhcp", False), bool):
