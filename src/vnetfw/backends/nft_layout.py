@@ -1,0 +1,249 @@
+"""The nftables layout: vnetfw's table, its base chains, dispatch maps and per-network chains.
+
+Pure data and naming; no I/O. The nftables backend (``nftables.py``) renders this layout and
+checks the live table against it.
+
+One ``inet`` table per chain prefix (``table_name``), holding both families::
+
+    table inet vnetfw {
+        map inp  { type nf_proto . ifname : verdict; }   # meta nfproto . iifname -> jump inp4-NET
+        map out  { type nf_proto . ifname : verdict; }   # meta nfproto . oifname -> jump out4-NET
+        map fwx  { type nf_proto . ifname : verdict; }   # cross stage,    keyed by iifname
+        map fwi  { type nf_proto . ifname : verdict; }   # incoming stage, keyed by oifname
+        map fwo  { type nf_proto . ifname : verdict; }   # outgoing stage, keyed by iifname
+        map nat4 { type ipv4_addr : verdict; flags interval; }   # ip saddr  -> jump nat4-NET
+        map nat6 { type ipv6_addr : verdict; flags interval; }   # ip6 saddr -> jump nat6-NET
+        chain input       { type filter hook input priority filter; ...  vmap @inp }
+        chain output      { type filter hook output priority filter; ... vmap @out }
+        chain forward     { type filter hook forward priority filter;
+                            meta nfproto . iifname vmap @fwx
+                            meta nfproto . oifname vmap @fwi
+                            meta nfproto . iifname vmap @fwo }
+        chain postrouting { type nat hook postrouting priority srcnat;
+                            ip saddr vmap @nat4
+                            ip6 saddr vmap @nat6 }
+        chain fwx4-default { iifname "virbr0" oifname "virbr0" accept }
+        ...
+    }
+
+Each stage of design.md §2 is one map lookup; the per-network chain holds exactly the rules
+the planner put in that private chain for that network and family, in order. A packet's cost
+is therefore a fixed number of hash lookups plus one network's rules, whatever the number of
+networks. The map key includes ``meta nfproto`` so each network's IPv4 and IPv6 rules live in
+separate chains (``fwo4-NET``, ``fwo6-NET``) and never see the other family's packets: one
+table, no ``meta nfproto`` guard needed in any rule, and the family of a rule read back is the
+family in its chain's name.
+
+The stage order in ``forward`` (cross, then incoming, then outgoing) carries design.md §2's
+guarantee: every network's incoming verdict (FWI, keyed by the output bridge) is taken before
+any network's outgoing accept (FWO, keyed by the input bridge), so no network's "allow out"
+can let a packet into another network.
+
+The planner's invariants make the keys well defined: every FWX/FWO/INP rule matches
+``iif == bridge``, every FWI/OUT rule ``oif == bridge``, every nat PRT rule ``src`` = one of
+the network's subnets (subnets of different networks never overlap, so the interval map is
+unambiguous). Interfaces are matched by name (``iifname``/``oifname``, ``ifname`` keys), so a
+network whose bridge does not exist yet can be applied.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from string import ascii_letters, digits
+from typing import Any
+
+from ..ruleset import Family
+
+NFT_FAMILY = "inet"
+
+
+def table_name(prefix: str) -> str:
+    """The nft table for a chain prefix; one table per profile, so profiles never collide.
+
+    ``VNETFW`` (the default profile) -> ``vnetfw``; any other all-uppercase prefix ``P`` ->
+    ``vnetfw_<p>`` (``LIBVIRT`` -> ``vnetfw_libvirt``); a prefix with lowercase letters keeps
+    its case behind a different separator (``Lab`` -> ``vnetfw-Lab``), so two prefixes never
+    map to the same table. Prefixes are ``[A-Za-z][A-Za-z0-9_]*`` (model.chain_prefix_problem),
+    all valid in an unquoted nft identifier.
+    """
+    if prefix == "VNETFW":
+        return "vnetfw"
+    if prefix == prefix.upper():
+        return "vnetfw_" + prefix.lower()
+    return "vnetfw-" + prefix
+
+
+def is_vnetfw_table(name: str) -> bool:
+    """True for a name ``table_name`` can produce (read() lists only these tables)."""
+    return name == "vnetfw" or name.startswith(("vnetfw_", "vnetfw-"))
+
+
+# ---------------------------------------------------------------------------------------
+# Per-network chain names
+#
+# nft 1.0.6 accepts no quoted chain names ("add chain inet t \"a+b\"" is a syntax error), so
+# names are encoded into the unquoted identifier alphabet. Network names are
+# [A-Za-z0-9_][A-Za-z0-9_.+-]* (model.netname_problem); letters, digits, '.' and '-' are kept,
+# '_' becomes '__' and anything else '_xx' (hex), so "my_net+1" -> "my__net_2b1": readable in
+# the common case and reversible (decode_name).
+
+_KEEP = frozenset(ascii_letters + digits + ".-")
+
+
+def encode_name(name: str) -> str:
+    out = []
+    for c in name:
+        if c in _KEEP:
+            out.append(c)
+        elif c == "_":
+            out.append("__")
+        else:
+            out.append(f"_{ord(c):02x}")
+    return "".join(out)
+
+
+def decode_name(text: str) -> str | None:
+    """Inverse of ``encode_name``; None if ``text`` is not an encoding we produce."""
+    out = []
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c in _KEEP:
+            out.append(c)
+            i += 1
+        elif c == "_" and text[i + 1:i + 2] == "_":
+            out.append("_")
+            i += 2
+        elif c == "_" and re.fullmatch(r"[0-9a-f]{2}", text[i + 1:i + 3]):
+            ch = chr(int(text[i + 1:i + 3], 16))
+            if ch in _KEEP or ch == "_":
+                return None          # not canonical: we would have written it plainly
+            out.append(ch)
+            i += 3
+        else:
+            return None
+    return "".join(out)
+
+
+# ---------------------------------------------------------------------------------------
+# Stages
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """One private chain of design.md §2 as an nft dispatch stage.
+
+    ``name`` names the per-network chains (``<name><family>-<network>``) and, for interface
+    stages, the dispatch map; ``key`` is the Rule field the map is keyed on (``iif``, ``oif``
+    or ``src``); ``base`` the base chain holding the lookup.
+    """
+
+    name: str
+    table: str       # Rule.table
+    suffix: str      # Rule.chain
+    base: str
+    key: str
+
+    def map_name(self, family: Family) -> str:
+        return f"{self.name}{family}" if self.key == "src" else self.name
+
+    def chain_name(self, family: Family, network: str) -> str:
+        return f"{self.name}{family}-{encode_name(network)}"
+
+
+# In base-chain evaluation order (forward: cross, incoming, outgoing).
+STAGES: tuple[Stage, ...] = (
+    Stage("inp", "filter", "INP", "input", "iif"),
+    Stage("out", "filter", "OUT", "output", "oif"),
+    Stage("fwx", "filter", "FWX", "forward", "iif"),
+    Stage("fwi", "filter", "FWI", "forward", "oif"),
+    Stage("fwo", "filter", "FWO", "forward", "iif"),
+    Stage("nat", "nat", "PRT", "postrouting", "src"),
+)
+STAGE_BY_SUFFIX = {(s.table, s.suffix): s for s in STAGES}
+STAGE_BY_NAME = {s.name: s for s in STAGES}
+
+_NET_CHAIN = re.compile(r"^(inp|out|fwx|fwi|fwo|nat)([46])-(.+)$")
+
+
+def parse_chain_name(name: str) -> tuple[Stage, Family, str] | None:
+    """``fwo4-my.net`` -> (fwo stage, 4, "my.net"); None for any other name."""
+    m = _NET_CHAIN.match(name)
+    if m is None:
+        return None
+    net = decode_name(m.group(3))
+    if net is None:
+        return None
+    return STAGE_BY_NAME[m.group(1)], int(m.group(2)), net  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------------
+# Base chains and maps: the text we load and the JSON shape ``nft -j`` shows for it.
+
+
+@dataclass(frozen=True, slots=True)
+class BaseChain:
+    name: str
+    decl: str                        # "type filter hook forward priority filter; policy accept;"
+    spec: dict[str, Any]             # what nft -j shows besides family/table/name/handle
+    rules: tuple[tuple[str, Any], ...]   # (nft text, expected JSON "expr" list)
+
+
+@dataclass(frozen=True, slots=True)
+class MapSpec:
+    name: str
+    decl: str                        # "type nf_proto . ifname : verdict;"
+    spec: dict[str, Any]
+
+
+def _meta(key: str) -> dict:
+    return {"meta": {"key": key}}
+
+
+def _iface_vmap(stage: Stage) -> tuple[str, Any]:
+    side = "iifname" if stage.key == "iif" else "oifname"
+    return (f"meta nfproto . {side} vmap @{stage.name}",
+            [{"vmap": {"key": {"concat": [_meta("nfproto"), _meta(side)]},
+                       "data": f"@{stage.name}"}}])
+
+
+def _saddr_vmap(family: Family) -> tuple[str, Any]:
+    proto = "ip" if family == 4 else "ip6"
+    return (f"{proto} saddr vmap @nat{family}",
+            [{"vmap": {"key": {"payload": {"protocol": proto, "field": "saddr"}},
+                       "data": f"@nat{family}"}}])
+
+
+def _filter(hook: str) -> tuple[str, dict]:
+    return (f"type filter hook {hook} priority filter; policy accept;",
+            {"type": "filter", "hook": hook, "prio": 0, "policy": "accept"})
+
+
+BASE_CHAINS: tuple[BaseChain, ...] = (
+    BaseChain("input", *_filter("input"), (_iface_vmap(STAGE_BY_NAME["inp"]),)),
+    BaseChain("output", *_filter("output"), (_iface_vmap(STAGE_BY_NAME["out"]),)),
+    BaseChain("forward", *_filter("forward"),
+              tuple(_iface_vmap(STAGE_BY_NAME[n]) for n in ("fwx", "fwi", "fwo"))),
+    # srcnat = 100. inet nat chains need kernel >= 5.2; available() probes for it.
+    BaseChain("postrouting", "type nat hook postrouting priority srcnat; policy accept;",
+              {"type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"},
+              (_saddr_vmap(4), _saddr_vmap(6))),
+)
+BASE_BY_NAME = {b.name: b for b in BASE_CHAINS}
+
+_IFACE_MAP = ("type nf_proto . ifname : verdict;",
+              {"type": ["nf_proto", "ifname"], "map": "verdict"})
+MAPS: tuple[MapSpec, ...] = tuple(
+    MapSpec(s.name, *_IFACE_MAP) for s in STAGES if s.key != "src") + (
+    # Interval maps: "flags interval" is what lets a prefix (a subnet) be a key.
+    MapSpec("nat4", "type ipv4_addr : verdict; flags interval;",
+            {"type": "ipv4_addr", "map": "verdict", "flags": ["interval"]}),
+    MapSpec("nat6", "type ipv6_addr : verdict; flags interval;",
+            {"type": "ipv6_addr", "map": "verdict", "flags": ["interval"]}),
+)
+MAP_BY_NAME = {m.name: m for m in MAPS}
+
+# Which base chain (and so which maps) each map feeds: recreating a map means re-adding the
+# base-chain rule that looks it up.
+MAP_BASE = {s.map_name(f): s.base for s in STAGES for f in (4, 6)}
