@@ -38,8 +38,9 @@ from .state import State, StateStore, default_state_dir
 DEFAULT_HOOKS_DIR = "/etc/vnetfw/hooks.d"
 
 # Drift wording: a Change says what a sync would do; as drift it says what is wrong now.
-_DRIFT_WORDS = {"create": "missing", "add": "missing rule", "insert": "missing",
-                "delete": "unexpected", "move": "misplaced"}
+_DRIFT_WORDS = {"create": "missing", "add": "missing", "insert": "missing",
+                "delete": "unexpected", "move": "misplaced", "replace": "wrong",
+                "reset": "wrong", "rebuild": "foreign objects in"}
 
 
 def drift_text(c: Change) -> str:

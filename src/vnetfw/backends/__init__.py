@@ -11,7 +11,8 @@ Every backend offers the same small contract, so the engine never knows which on
 - ``commit(live, changes)``: apply atomically. Either everything lands or the live state is
   left as ``live`` was (the backend restores its snapshot); raises ``BackendError``.
 - ``render(desired, family)``: pure; the text ``commit`` would load on an empty system.
-- ``live_ruleset(live) -> Ruleset``: the live state parsed back into the backend-neutral type.
+- ``live_ruleset(live, prefix) -> Ruleset``: the live state parsed back into the
+  backend-neutral type; compare it with ``effective(desired)``.
 """
 
 from __future__ import annotations
@@ -84,6 +85,11 @@ class Backend:
 
     def live_ruleset(self, live: Any, prefix: str) -> Ruleset:
         raise NotImplementedError  # pragma: no cover
+
+    def effective(self, desired: Ruleset) -> Ruleset:
+        """The part of ``desired`` this backend implements (nftables has no CHECKSUM target,
+        so it drops those optional rules). Compare ``live_ruleset`` with this, not ``desired``."""
+        return desired
 
     def available(self) -> str | None:
         """None if usable here, else why not (missing command, kernel refuses)."""

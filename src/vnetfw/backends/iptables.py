@@ -49,7 +49,7 @@ class Foreign:
     text: str
 
     def describe(self) -> str:
-        return f"foreign rule '{self.text}'"
+        return f"'{self.text}' (not written by vnetfw)"
 
 
 @dataclass
@@ -322,13 +322,13 @@ def _rule_edits(live: list[str], want: list[Rule], chain: str, fam: Family, tabl
         for k in range(i1, i2):
             lines.append(f"-D {chain} {pos + 1}")
             old = parse_rule(live[k], fam, table, suffix)
-            items.append(Change(fam, "delete", where, old.describe(),
+            items.append(Change(fam, "delete", where, "rule " + old.describe(),
                                 getattr(old, "network", None) or None))
         for k in range(j1, j2):
             # Appending to a chain that is empty so far reads better and is the same thing.
             op = f"-A {chain}" if not live else f"-I {chain} {pos + 1}"
             lines.append(f"{op} {want_text[k]}")
-            items.append(Change(fam, "add", where, want[k].describe(), want[k].network))
+            items.append(Change(fam, "add", where, "rule " + want[k].describe(), want[k].network))
             pos += 1
     return lines
 
