@@ -76,6 +76,51 @@ DRIFTS = {
 }
 
 
+def _nft(ns, *cmds):
+    for c in cmds:
+        nsrun(ns, "nft", *c.split())
+
+
+NFT_DRIFTS = {
+    "missing-rule": (lambda ns: _nft(ns, "flush chain inet vnetfw fwi4-nat1"),
+                     ["fwi4-nat1", "missing rule"]),
+    "extra-rule": (lambda ns: _nft(ns, "insert rule inet vnetfw fwo4-nat1 ip saddr 192.0.2.9 accept"),
+                   ["fwo4-nat1", "unexpected rule", "192.0.2.9"]),
+    "element-missing": (lambda ns: nsrun(ns, "nft", "delete", "element", "inet", "vnetfw", "fwo",
+                                         '{ ipv4 . "vbr-nat1" }'),
+                        ["map fwo", "missing element", "vbr-nat1"]),
+    "chain-deleted": (lambda ns: (nsrun(ns, "nft", "delete", "element", "inet", "vnetfw", "fwo",
+                                        '{ ipv4 . "vbr-nat1" }'),
+                                  _nft(ns, "flush chain inet vnetfw fwo4-nat1",
+                                       "delete chain inet vnetfw fwo4-nat1")),
+                      ["missing chain fwo4-nat1"]),
+    "table-flushed": (lambda ns: _nft(ns, "flush table inet vnetfw"), ["missing rule"]),
+    "table-deleted": (lambda ns: _nft(ns, "delete table inet vnetfw"), ["missing table vnetfw"]),
+    "everything-gone": (lambda ns: _nft(ns, "flush ruleset"), ["missing table vnetfw"]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(NFT_DRIFTS))
+def test_nft_drift_is_reported_and_repaired(make_netns, kind, tmp_path):
+    ns, ref = make_netns("d"), make_netns("ref")
+    eng = engine(ns, "nftables", tmp_path / "a")
+    eng.apply(NETS)
+    engine(ref, "nftables", tmp_path / "b").apply(NETS)
+    fresh = sorted(nsrun(ref, "nft", "list", "ruleset").splitlines())
+    damage, words = NFT_DRIFTS[kind]
+    damage(ns)
+    common = ["--netns", ns, "--state-dir", str(tmp_path / "a" / "state")]
+    p = cli("check", *common)
+    assert p.returncode == 1, p.stdout + p.stderr
+    for w in words:
+        assert w in p.stdout, f"{w!r} not in check output:\n{p.stdout}"
+    assert eng.reload().changed
+    assert eng.check() == []
+    assert cli("check", *common).returncode == 0
+    assert sorted(nsrun(ns, "nft", "list", "ruleset").splitlines()) == fresh
+    assert not eng.reload().changed
+
+
 def cli(*args):
     return subprocess.run([sys.executable, "-m", "vnetfw", *args], capture_output=True,
                           text=True)
