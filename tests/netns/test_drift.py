@@ -212,3 +212,27 @@ def test_failing_hook_is_reported_and_rules_stay_whole(netns, tmp_path):
     # the rules are complete and the state knows the network
     assert cli("check", *common).returncode == 0
     assert "vnetfw:n" in save(netns)
+
+
+def test_nft_admin_chain_rules_come_first_and_survive_everything(netns, tmp_path):
+    """The nftables backend's admin chains: evaluated before vnetfw's rules in each base
+    chain, never flushed by apply, reload or a table rebuild."""
+    eng = engine(netns, "nftables", tmp_path)
+    eng.apply(NETS)
+    nsrun(netns, "nft", "add", "rule", "inet", "vnetfw", "admin_forward", "ip", "saddr",
+          "198.51.100.66", "counter", "drop")
+    listing = nsrun(netns, "nft", "list", "chain", "inet", "vnetfw", "forward")
+    body = [l.strip() for l in listing.splitlines() if "jump" in l or "vmap" in l]
+    assert body[0] == "jump admin_forward", body
+    assert eng.check() == [], "an admin rule in an admin chain is not drift"
+    assert not eng.apply(NETS).changed
+    _nft(netns, "flush chain inet vnetfw fwi4-nat1")                 # drift -> reload
+    assert eng.reload().changed
+    # a foreign chain forces a full table rebuild: the admin rule must come back too
+    _nft(netns, "add chain inet vnetfw intruder")
+    assert eng.reload().changed
+    assert eng.check() == []
+    admin = nsrun(netns, "nft", "list", "chain", "inet", "vnetfw", "admin_forward")
+    assert "ip saddr 198.51.100.66 counter packets 0 bytes 0 drop" in admin
+    rep = eng.teardown()
+    assert any("admin rule" in c.detail for c in rep.changes), "teardown must say it drops them"

@@ -287,8 +287,9 @@ def test_setup_creates_and_repairs_the_layout(netns, b):
     cs = sync(b, Ruleset("VNETFW"), "setup")
     assert not cs.empty
     text = ruleset(netns)
-    assert set(re.findall(r"^\tchain (\S+)", text, re.M)) == {"input", "output", "forward",
-                                                               "postrouting"}
+    assert set(re.findall(r"^\tchain (\S+)", text, re.M)) == {
+        "input", "output", "forward", "postrouting",
+        "admin_input", "admin_output", "admin_forward", "admin_postrouting"}
     assert sync(b, Ruleset("VNETFW"), "setup").empty
     rs = plan(MIXED, PROFILES["default"])
     sync(b, rs)

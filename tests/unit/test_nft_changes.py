@@ -190,6 +190,7 @@ def test_admin_rule_in_a_base_chain_is_replaced():
     cs = b.changes(live_of(admin), desired(), "full")
     assert lines(cs.payload) == [
         "flush chain inet vnetfw forward",
+        "add rule inet vnetfw forward jump admin_forward",
         "add rule inet vnetfw forward meta nfproto . iifname vmap @fwx",
         "add rule inet vnetfw forward meta nfproto . oifname vmap @fwi",
         "add rule inet vnetfw forward meta nfproto . iifname vmap @fwo"]
@@ -203,7 +204,7 @@ def test_wrong_base_chain_policy_recreates_the_chain():
     assert text[:3] == ["flush chain inet vnetfw forward", "delete chain inet vnetfw forward",
                         "add chain inet vnetfw forward { type filter hook forward priority "
                         "filter; policy accept; }"]
-    assert len(text) == 6
+    assert len(text) == 7       # + jump admin_forward and the three vmap rules
 
 
 def test_map_of_wrong_type_is_recreated_with_all_its_elements():
@@ -224,6 +225,7 @@ def test_setup_scope_creates_only_the_layout():
     cs = b.changes(NftLive.empty(), desired(), "setup")
     text = cs.payload
     assert re.findall(r"^add chain inet vnetfw (\S+)", text, re.M) == [
+        "admin_input", "admin_output", "admin_forward", "admin_postrouting",
         "input", "output", "forward", "postrouting"]
     assert len(re.findall(r"^add map ", text, re.M)) == 7
     assert "element" not in text and "-" not in " ".join(re.findall(r"add rule \S+ \S+ (\S+)", text))

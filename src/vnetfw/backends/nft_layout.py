@@ -220,16 +220,33 @@ def _filter(hook: str) -> tuple[str, dict]:
             {"type": "filter", "hook": hook, "prio": 0, "policy": "accept"})
 
 
+# Admins first: every base chain jumps to an admin chain before any vnetfw rule. vnetfw
+# creates these chains but never flushes, rewrites or reads their rules as drift: they are
+# the nftables equivalent of an admin's rules above vnetfw's jumps in iptables. An "accept"
+# there ends evaluation of this base chain (vnetfw's rejects are skipped), a "drop" drops,
+# and a plain fall-through continues with vnetfw's rules.
+def admin_chain(base: str) -> str:
+    return f"admin_{base}"
+
+
+def _admin_jump(base: str) -> tuple[str, Any]:
+    return (f"jump {admin_chain(base)}", [{"jump": {"target": admin_chain(base)}}])
+
+
 BASE_CHAINS: tuple[BaseChain, ...] = (
-    BaseChain("input", *_filter("input"), (_iface_vmap(STAGE_BY_NAME["inp"]),)),
-    BaseChain("output", *_filter("output"), (_iface_vmap(STAGE_BY_NAME["out"]),)),
+    BaseChain("input", *_filter("input"),
+              (_admin_jump("input"), _iface_vmap(STAGE_BY_NAME["inp"]))),
+    BaseChain("output", *_filter("output"),
+              (_admin_jump("output"), _iface_vmap(STAGE_BY_NAME["out"]))),
     BaseChain("forward", *_filter("forward"),
-              tuple(_iface_vmap(STAGE_BY_NAME[n]) for n in ("fwx", "fwi", "fwo"))),
+              (_admin_jump("forward"),)
+              + tuple(_iface_vmap(STAGE_BY_NAME[n]) for n in ("fwx", "fwi", "fwo"))),
     # srcnat = 100. inet nat chains need kernel >= 5.2; available() probes for it.
     BaseChain("postrouting", "type nat hook postrouting priority srcnat; policy accept;",
               {"type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"},
-              (_saddr_vmap(4), _saddr_vmap(6))),
+              (_admin_jump("postrouting"), _saddr_vmap(4), _saddr_vmap(6))),
 )
+ADMIN_CHAINS = tuple(admin_chain(b.name) for b in BASE_CHAINS)
 BASE_BY_NAME = {b.name: b for b in BASE_CHAINS}
 
 _IFACE_MAP = ("type nf_proto . ifname : verdict;",

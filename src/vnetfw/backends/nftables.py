@@ -44,7 +44,7 @@ from typing import Any
 from ..errors import BackendError
 from ..ruleset import CHECKSUM, Family, Rule, Ruleset
 from . import Backend, Change, ChangeSet, Scope
-from .nft_layout import (BASE_BY_NAME, BASE_CHAINS, MAP_BASE, MAP_BY_NAME, MAPS, NFT_FAMILY,
+from .nft_layout import (ADMIN_CHAINS, BASE_BY_NAME, BASE_CHAINS, admin_chain, MAP_BASE, MAP_BY_NAME, MAPS, NFT_FAMILY,
                          STAGE_BY_SUFFIX, STAGES, Stage, is_vnetfw_table, parse_chain_name,
                          table_name)
 from .nft_rules import Foreign, ifname_text, parse_rule, render_rule, rule_text
@@ -101,6 +101,9 @@ class LiveTable:
     chains: dict[str, LiveChain] = field(default_factory=dict)
     sets: dict[str, LiveSet] = field(default_factory=dict)
     objects: list[tuple[str, str]] = field(default_factory=list)   # (kind, name)
+    # Text of the admin chains that hold rules (``nft list chain``), kept so a table rebuild
+    # can put them back: the admin's rules survive everything but teardown.
+    admin_text: dict[str, str] = field(default_factory=dict)
 
     def counts(self) -> tuple[int, int, int]:
         return (len(self.chains), sum(len(c.rules) for c in self.chains.values()),
@@ -327,8 +330,15 @@ class NftablesBackend(Backend):
         if self.runner.which(self.nft) is None:
             raise BackendError(f"{self.nft} not found (apt-get install nftables)")
         # JSON prints ports and priorities as numbers whatever the flags.
-        return NftLive(parse_listing(self.runner.run([self.nft, "-j", "list", "ruleset",
+        live = NftLive(parse_listing(self.runner.run([self.nft, "-j", "list", "ruleset",
                                                       NFT_FAMILY])))
+        for t in live.tables.values():
+            for name in ADMIN_CHAINS:
+                c = t.chains.get(name)
+                if c is not None and c.rules:     # only when an admin uses them: rare
+                    t.admin_text[name] = self.runner.run(
+                        [self.nft, "list", "chain", NFT_FAMILY, t.name, name])
+        return live
 
     def effective(self, desired: Ruleset) -> Ruleset:
         """The part of ``desired`` nftables implements: without the optional CHECKSUM
@@ -381,9 +391,13 @@ class NftablesBackend(Backend):
             if t is None:
                 return ChangeSet([], "")
             nc, nr, ne = t.counts()
-            return ChangeSet([Change(None, "delete", where, f"table ({nc} chains, {nr} rules, "
-                                                            f"{ne} map elements)")],
-                             f"delete table {where}\n")
+            items = [Change(None, "delete", where, f"table ({nc} chains, {nr} rules, "
+                                                   f"{ne} map elements)")]
+            for name in ADMIN_CHAINS:
+                if (c := t.chains.get(name)) is not None and c.rules:
+                    items.append(Change(None, "delete", f"{where} {name}",
+                                        f"{len(c.rules)} admin rule(s) kept in vnetfw's table"))
+            return ChangeSet(items, f"delete table {where}\n")
         want = self.effective(desired) if desired is not None else Ruleset(prefix)
         items = _Items()
         script = _Script(tname)
@@ -401,7 +415,9 @@ class NftablesBackend(Backend):
             for what in foreign:
                 items.add(Change(None, "delete", where, what))
             fresh = self.changes(NftLive.empty(), want, "full").payload
-            return ChangeSet(items.sorted(), f"delete table {where}\n" + fresh)
+            return ChangeSet(items.sorted(), f"delete table {where}\n" + fresh
+                             + "".join(_admin_restore(tname, text)
+                                       for text in t.admin_text.values()))
         return ChangeSet(items.sorted(), script.text() if items.entries else "")
 
     def _sync_layout(self, t: LiveTable, s: _Script, items: _Items) -> set[str]:
@@ -414,6 +430,11 @@ class NftablesBackend(Backend):
             s.head.append(f"add table {where}")
             items.add(Change(None, "reset", where, "table flags (a dormant table filters "
                                                    "nothing)"))
+        for name in ADMIN_CHAINS:
+            if name not in t.chains:
+                s.add_chains.append(f"add chain {where} {name}")
+                items.add(Change(None, "create", where, f"chain {name} (for the admin's own "
+                                                        "rules, evaluated first)"))
         fresh_maps: set[str] = set()
         for m in MAPS:
             live_map = t.sets.get(m.name)
@@ -429,7 +450,8 @@ class NftablesBackend(Backend):
             fresh_maps.add(m.name)
         for b in BASE_CHAINS:
             c = t.chains.get(b.name)
-            refill = any(MAP_BASE[m] == b.name for m in fresh_maps)
+            refill = any(MAP_BASE[m] == b.name for m in fresh_maps) \
+                or admin_chain(b.name) not in t.chains
             if c is None:
                 s.add_chains.append(f"add chain {where} {b.name} {{ {b.decl} }}")
                 items.add(Change(None, "create", where, f"chain {b.name} ({b.decl.split(';')[0]})"))
@@ -575,11 +597,25 @@ def _base_ok(t: LiveTable, base: str) -> bool:
         [r.get("expr") for r in c.rules] == [e for _, e in b.rules]
 
 
+def _admin_restore(table: str, listing: str) -> str:
+    """``nft list chain`` text of an admin chain -> ``add rule`` lines re-creating its rules
+    after a table rebuild. The listing is nft's own syntax, so each rule line is valid input."""
+    name = None
+    out = []
+    for line in listing.splitlines():
+        s = line.strip()
+        if s.startswith("chain ") and s.endswith("{"):
+            name = s.split()[1]
+        elif name and s and s not in ("}",) and not s.startswith(("table ", "type ", "policy ")):
+            out.append(f"add rule {NFT_FAMILY} {table} {name} {s}\n")
+    return "".join(out)
+
+
 def _foreign_objects(t: LiveTable) -> list[str]:
     """Everything in the table that is neither layout nor a per-network chain we name."""
     out = []
     for name, c in t.chains.items():
-        if name in BASE_BY_NAME:
+        if name in BASE_BY_NAME or (name in ADMIN_CHAINS and not c.spec):
             continue
         if parse_chain_name(name) is None or c.spec:
             out.append(f"foreign chain {name} ({len(c.rules)} rules)")
