@@ -10,8 +10,15 @@ Profiles:
 - ``libvirt``: prefix LIBVIRT, libvirt's rules and nothing else (exact compatibility,
   including its one-way leak from an isolated network into a routed one).
 - ``default``: prefix VNETFW, libvirt's rules plus two hardenings:
-  * an isolated network rejects everything entering from its bridge in the *cross* stage
-    (FWX), i.e. before any other network's incoming accept in FWI can let it through;
+  * egress is guarded in the *cross* stage (FWX), before any other network's incoming
+    accept in FWI can let a packet through. libvirt enforces what may leave a network only
+    in FWO, which comes after every network's FWI: so a routed network's "accept what is
+    for my subnet" in FWI takes packets that their own network would have rejected — from
+    an isolated network, from a network whose forward device is elsewhere, or with a source
+    address outside the network's subnets (spoofed, or a self-assigned IPv6 address). In
+    FWX each network therefore rejects, right after its same-bridge accept, packets leaving
+    through another device than its forward device, and packets whose source is none of
+    its subnets (RETURN for its subnets, then REJECT); an isolated network rejects all;
   * IPv6 forwarding is firewalled for every firewalled network, even one with no IPv6
     address (libvirt skips ip6tables then, so a guest that configures its own global IPv6
     address could forward freely).
@@ -31,18 +38,18 @@ from .ruleset import (ACCEPT, CHECKSUM, CT_REPLY, MASQUERADE, REJECT, RETURN, SN
 class Profile:
     name: str
     prefix: str
-    isolate_at_bridge: bool     # isolated networks reject in FWX (before any FWI accept)
+    guard_egress: bool          # each network's egress limits enforced in FWX (before FWI)
     always_ipv6: bool           # firewall IPv6 forwarding even without an IPv6 address
 
     def with_prefix(self, prefix: str) -> "Profile":
         if (p := chain_prefix_problem(prefix)) is not None:
             raise ValueError(p)
-        return Profile(self.name, prefix, self.isolate_at_bridge, self.always_ipv6)
+        return Profile(self.name, prefix, self.guard_egress, self.always_ipv6)
 
 
 PROFILES: dict[str, Profile] = {
-    "default": Profile("default", "VNETFW", isolate_at_bridge=True, always_ipv6=True),
-    "libvirt": Profile("libvirt", "LIBVIRT", isolate_at_bridge=False, always_ipv6=False),
+    "default": Profile("default", "VNETFW", guard_egress=True, always_ipv6=True),
+    "libvirt": Profile("libvirt", "LIBVIRT", guard_egress=False, always_ipv6=False),
 }
 
 _MCAST = {4: "224.0.0.0/24", 6: "ff02::/16"}
@@ -123,7 +130,15 @@ def _nat_applies(net: Network, ip: IPBlock) -> bool:
 def _forward(net: Network, family: Family, profile: Profile) -> list[Rule]:
     br, dev = net.bridge, net.forward_dev
     fwx = [_r(net, family, "filter", "FWX", ACCEPT, iif=br, oif=br)]
-    if profile.isolate_at_bridge and net.mode is Mode.ISOLATED:
+    if profile.guard_egress:
+        if net.mode is not Mode.ISOLATED:
+            if dev is not None:
+                fwx.append(_r(net, family, "filter", "FWX", REJECT, iif=br, oif=dev,
+                              oif_neg=True))
+            # RETURN goes on to FWI/FWO; a packet RETURNed here meets every other
+            # network's FWX rules only if they match its in-interface, which they do not.
+            for ip in reversed(net.ips_of(family)):
+                fwx.append(_r(net, family, "filter", "FWX", RETURN, iif=br, src=str(ip.subnet)))
         fwx.append(_r(net, family, "filter", "FWX", REJECT, iif=br))
     fwi: list[Rule] = []
     fwo: list[Rule] = []

@@ -9,7 +9,7 @@ comparing lists.
 Invariants the planner guarantees and the nftables backend relies on for constant-time
 dispatch: every rule names its owning ``network``; in ``FWX``, ``FWO`` and ``INP`` every rule
 matches ``iif == bridge``; in ``FWI``, ``OUT`` and mangle ``PRT`` every rule matches
-``oif == bridge``; nat ``PRT`` rules all match ``src`` = one of the network's subnets.
+``oif == bridge`` (never negated); nat ``PRT`` rules all match ``src`` = one of the network's subnets.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class Rule:
     """One rule in one private chain.
 
     Addresses are canonical CIDR strings (``192.168.122.0/24``, ``ff02::/16``); ``dst_neg``
-    negates ``dst``. ``to_ports`` is the MASQUERADE/SNAT port range, ``to_source`` the SNAT
+    negates ``dst``, ``oif_neg`` negates ``oif``. ``to_ports`` is the MASQUERADE/SNAT port range, ``to_source`` the SNAT
     address range text (``a.b.c.d`` or ``a.b.c.d-e.f.g.h``). ``optional`` marks a rule whose
     failure to load is not fatal (the CHECKSUM fix-up, not supported everywhere).
     """
@@ -75,6 +75,7 @@ class Rule:
     verdict: str
     iif: str | None = None
     oif: str | None = None
+    oif_neg: bool = False
     src: str | None = None
     dst: str | None = None
     dst_neg: bool = False
@@ -95,7 +96,7 @@ class Rule:
         if self.iif:
             parts.append(f"in {self.iif}")
         if self.oif:
-            parts.append(f"out {self.oif}")
+            parts.append(f"out {'not ' if self.oif_neg else ''}{self.oif}")
         if self.src:
             parts.append(f"from {self.src}")
         if self.dst:

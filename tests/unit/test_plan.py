@@ -117,22 +117,41 @@ def test_default_isolated_rejects_at_its_own_bridge_after_the_cross_accept(fam):
 
 
 @pytest.mark.parametrize("case", ["nat-default", "route-default", "isolated"])
-def test_only_default_isolated_networks_reject_in_fwx(case):
+def test_only_the_default_profile_guards_egress_in_fwx(case):
     fwx_default = plan_case(case, "default").chain(4, "filter", "FWX")
     fwx_libvirt = plan_case(case, "libvirt").chain(4, "filter", "FWX")
     assert [r.verdict for r in fwx_libvirt] == ["ACCEPT"]
-    assert [r.verdict for r in fwx_default] == \
-        (["ACCEPT", "REJECT"] if case == "isolated" else ["ACCEPT"])
+    if case == "isolated":
+        assert [r.verdict for r in fwx_default] == ["ACCEPT", "REJECT"]
+    else:   # own subnet goes on to FWI/FWO; any other source stops at the bridge
+        assert [(r.verdict, r.src) for r in fwx_default] == [
+            ("ACCEPT", None), ("RETURN", "192.168.122.0/24"), ("REJECT", None)]
+
+
+def test_default_profile_keeps_a_forward_dev_network_off_other_interfaces():
+    fwx = plan_case("forward-dev", "default").chain(4, "filter", "FWX")
+    assert [(r.verdict, r.iif, r.oif, r.oif_neg, r.src) for r in fwx] == [
+        ("ACCEPT", "virbr0", "virbr0", False, None),
+        ("REJECT", "virbr0", "enp0s7", True, None),      # anything not leaving by enp0s7
+        ("RETURN", "virbr0", None, False, "192.168.122.0/24"),
+        ("REJECT", "virbr0", None, False, None)]
+
+
+def test_default_profile_guards_every_subnet_in_fwx():
+    fwx = plan_case("nat-many-ips", "default").chain(4, "filter", "FWX")
+    assert [r.src for r in fwx if r.verdict == "RETURN"] == [
+        "192.168.150.0/24", "192.168.128.0/24", "192.168.122.0/24"]
 
 
 def test_default_profile_firewalls_ipv6_forwarding_of_an_ipv4_only_network():
     v6 = [r for r in plan_case("nat-default", "default").rules if r.family == 6]
     assert summary(v6) == [
         ("default", "ACCEPT", "virbr0", "virbr0", None, None, None, None, ()),   # FWX
+        ("default", "REJECT", "virbr0", None, None, None, None, None, ()),       # FWX: no v6 subnet
         ("default", "REJECT", None, "virbr0", None, None, None, None, ()),       # FWI
         ("default", "REJECT", "virbr0", None, None, None, None, None, ()),       # FWO
     ]
-    assert [r.chain for r in v6] == ["FWX", "FWI", "FWO"]
+    assert [r.chain for r in v6] == ["FWX", "FWX", "FWI", "FWO"]
 
 
 def test_libvirt_profile_has_no_ipv6_rules_for_an_ipv4_only_network():

@@ -124,7 +124,7 @@ def render_rule(r: Rule) -> str:
     if r.iif:
         a += ["-i", r.iif]
     if r.oif:
-        a += ["-o", r.oif]
+        a += (["!"] if r.oif_neg else []) + ["-o", r.oif]
     if r.proto:
         a += ["-p", r.proto]
         if r.dport is not None:
@@ -179,7 +179,7 @@ def parse_rule(args: str, family: Family, table: str, suffix: str) -> Rule | For
                 neg = True
                 i += 1
                 continue
-            if neg and t != "-d":
+            if neg and t not in ("-d", "-o"):
                 return Foreign(args)
             if t in ("-s", "-d"):
                 kw["src" if t == "-s" else "dst"] = _cidr(nxt)
@@ -187,6 +187,8 @@ def parse_rule(args: str, family: Family, table: str, suffix: str) -> Rule | For
                     kw["dst_neg"], neg = True, False
             elif t in ("-i", "-o"):
                 kw["iif" if t == "-i" else "oif"] = nxt
+                if neg:
+                    kw["oif_neg"], neg = True, False
             elif t == "-p":
                 kw["proto"] = nxt
             elif t == "-m":

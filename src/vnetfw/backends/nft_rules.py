@@ -79,7 +79,7 @@ def render_rule(r: Rule) -> str:
     if r.iif:
         a.append(f"iifname {ifname_text(r.iif)}")
     if r.oif:
-        a.append(f"oifname {ifname_text(r.oif)}")
+        a.append(f"oifname {'!= ' if r.oif_neg else ''}{ifname_text(r.oif)}")
     if r.proto and r.dport is None:
         a.append(f"meta l4proto {r.proto}")
     if r.src:
@@ -206,9 +206,12 @@ def _match(m: dict, family: Family, kw: dict) -> None:
     op, left, right = m["op"], m["left"], m["right"]
     if left == {"meta": {"key": "iifname"}} or left == {"meta": {"key": "oifname"}}:
         name = _ifname_from_json(right)
-        if op != "==" or name is None:
+        key = left["meta"]["key"]
+        if name is None or not (op == "==" or (op == "!=" and key == "oifname")):
             raise ValueError(m)
-        _set_once(kw, "iif" if left["meta"]["key"] == "iifname" else "oif", name)
+        _set_once(kw, "iif" if key == "iifname" else "oif", name)
+        if op == "!=":
+            kw["oif_neg"] = True
     elif left == {"meta": {"key": "l4proto"}}:
         if op != "==" or right not in _L4:
             raise ValueError(m)
