@@ -44,6 +44,18 @@ def host_snapshot() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def no_host_hooks(tmp_path_factory):
+    """vnetfw processes started by tests never run the host's /etc/vnetfw/hooks.d."""
+    old = os.environ.get("VNETFW_HOOKS_DIR")
+    os.environ["VNETFW_HOOKS_DIR"] = str(tmp_path_factory.mktemp("no-hooks"))
+    yield
+    if old is None:
+        os.environ.pop("VNETFW_HOOKS_DIR", None)
+    else:
+        os.environ["VNETFW_HOOKS_DIR"] = old
+
+
+@pytest.fixture(scope="session", autouse=True)
 def host_guard():
     """Fail the session if the host's firewall, links, addresses or sysctls changed."""
     if not IS_ROOT:

@@ -20,7 +20,8 @@ FIX = Path(__file__).parent.parent / "fixtures" / "libvirt"
 
 
 def vnetfw(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    e = {k: v for k, v in os.environ.items() if not k.startswith("VNETFW_")}
+    e = {k: v for k, v in os.environ.items()
+         if not k.startswith("VNETFW_") or k == "VNETFW_HOOKS_DIR"}
     e.update(env or {})
     p = subprocess.run([sys.executable, "-m", "vnetfw", *args], capture_output=True, text=True,
                        env=e)

@@ -102,6 +102,7 @@ def foreign_view(ns: str, backend: str) -> str:
 
 
 def engine(ns: str, flavour: str, tmp_path, **kw) -> Engine:
+    kw.setdefault("hooks_dir", tmp_path / "no-hooks")   # never the host's hooks
     return Engine(backend=flavour, netns=ns, state_dir=tmp_path / "state", **kw)
 
 
