@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import re
 import shlex
 from dataclasses import dataclass, field
 
@@ -263,44 +264,91 @@ class _TableEdit:
         return "\n".join(head + self.lines + ["COMMIT"]) + "\n"
 
 
+# The FORWARD stages, in the order they must be evaluated: cross, incoming, outgoing.
+_STAGE_OF = {"FWX": 0, "FWI": 1, "FWO": 2}
+_STAGED_CHAIN = re.compile(r"^[A-Za-z][A-Za-z0-9_]*_(FWX|FWI|FWO)$")
+
+
+def _plain_jump_target(args: str) -> str | None:
+    """The target of a jump with no match but an optional comment (how vnetfw and libvirt
+    link their private chains), else None."""
+    if "-j " not in args:
+        return None
+    tok = shlex.split(args)
+    if len(tok) == 2 and tok[0] == "-j":
+        return tok[1]
+    if len(tok) == 6 and tok[:3] == ["-m", "comment", "--comment"] and tok[4] == "-j":
+        return tok[5]
+    return None
+
+
 def _jump_edits(live_rules: list[str], builtin: str, targets: list[str],
                 fam: Family, table: str, items: list[Change]) -> list[str]:
-    """Restore lines that make ``builtin`` hold plain jumps to ``targets`` in that order.
+    """Restore lines that make ``builtin`` hold plain jumps to ``targets`` in stage order.
 
     Existing jumps stay where they are (an admin may have put rules above them on purpose);
     duplicates and jumps out of order are deleted, missing ones inserted right after the
-    previous target (or at the top). Rules that are not our jumps are never touched.
+    last jump of an earlier stage (or at the top). Rules that are not our jumps are never
+    touched.
+
+    Another layout's staged jumps in the same chain (libvirt's ``LIBVIRT_FWX/FWI/FWO``, or
+    vnetfw with another prefix) take part in the order: every cross jump must come before
+    every incoming jump, and every incoming before every outgoing, across layouts. Were our
+    FWO (each network's "allow out") before libvirt's FWI (its "reject in"), our guests
+    could open connections into libvirt's networks, and the other way round.
     """
-    sim: list[str | None] = []
+    ours = {t: i for i, t in enumerate(targets)}
+    # (kind, target, stage) per rule: "ours", "peer" (another layout's staged jump) or None.
+    entries: list[tuple[str | None, str | None, int]] = []
     for args in live_rules:
-        sim.append(next((t for t in targets if _is_jump(args, t)), None))
-    # Keep the first jump to each target; among those, the longest run in the right order.
-    first = {t: sim.index(t) for t in targets if t in sim}
+        t = _plain_jump_target(args)
+        if t in ours:
+            entries.append(("ours", t, ours[t]))
+        elif len(targets) > 1 and t is not None and (m := _STAGED_CHAIN.match(t)):
+            entries.append(("peer", t, _STAGE_OF[m.group(1)]))
+        else:
+            entries.append((None, None, -1))
+    first = {t: next(i for i, e in enumerate(entries) if e[1] == t)
+             for t in targets if any(e[1] == t for e in entries)}
+    peers = [(i, e[2]) for i, e in enumerate(entries) if e[0] == "peer"]
+    if [st for _, st in peers] != sorted(st for _, st in peers):
+        # The other layout is out of order itself: no place for ours can fix that, and
+        # chasing it would move our jumps on every run. Keep our own order only (vnetfw
+        # doctor reports the other layout's order).
+        peers = []
+        entries = [e if e[0] != "peer" else (None, None, -1) for e in entries]
+
+    def consistent(pick: list[str]) -> bool:
+        staged = sorted([(first[t], ours[t]) for t in pick] + peers)
+        mine = {first[t] for t in pick}
+        # every kept jump of ours must sit between the earlier and the later stages
+        return all(all(st <= s for _, st in staged[:k]) and all(st >= s for _, st in staged[k:])
+                   for k, (i, s) in enumerate(staged) if i in mine)
+
     best: list[str] = []
     present = [t for t in targets if t in first]
     for mask in range(1, 1 << len(present)):
         pick = [t for k, t in enumerate(present) if mask >> k & 1]
-        if all(first[a] < first[b] for a, b in zip(pick, pick[1:])) and len(pick) > len(best):
+        if len(pick) > len(best) and consistent(pick):
             best = pick
     keep = {first[t] for t in best}
     lines: list[str] = []
     where = f"{table} {builtin}"
-    for idx in range(len(sim) - 1, -1, -1):
-        if sim[idx] is not None and idx not in keep:
-            t = sim[idx]
-            dup = idx != first[t]
+    for idx in range(len(entries) - 1, -1, -1):
+        kind, t, _ = entries[idx]
+        if kind == "ours" and idx not in keep:
+            why = "duplicate" if idx != first[t] else "out-of-order"
             lines.append(f"-D {builtin} {idx + 1}")
-            items.append(Change(fam, "delete", where,
-                                f"{'duplicate' if dup else 'out-of-order'} jump to {t}"))
-            del sim[idx]
-    prev: str | None = None
+            items.append(Change(fam, "delete", where, f"{why} jump to {t}"))
+            del entries[idx]
     for t in targets:
-        if t not in sim:
-            pos = sim.index(prev) + 1 if prev is not None else 0
-            sim.insert(pos, t)
-            lines.append(f"-I {builtin} {pos + 1} {_jump_args(t)}")
-            items.append(Change(fam, "insert", where, f"jump to {t} at position {pos + 1}"))
-        prev = t
+        if any(e[1] == t for e in entries):
+            continue
+        s = ours[t]
+        pos = max((i + 1 for i, e in enumerate(entries) if e[0] and e[2] < s), default=0)
+        entries.insert(pos, ("ours", t, s))
+        lines.append(f"-I {builtin} {pos + 1} {_jump_args(t)}")
+        items.append(Change(fam, "insert", where, f"jump to {t} at position {pos + 1}"))
     return lines
 
 

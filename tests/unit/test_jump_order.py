@@ -1,0 +1,79 @@
+"""The FORWARD jump placement of the iptables backend (pure): our own order, admin rules
+left in place, and the stage order across another layout's jumps (libvirt's)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from vnetfw.backends.iptables import _jump_args, _jump_edits
+
+OURS = ["VNETFW_FWX", "VNETFW_FWI", "VNETFW_FWO"]
+LV = ["-j LIBVIRT_FWX", "-j LIBVIRT_FWI", "-j LIBVIRT_FWO"]
+ADMIN = "-s 198.51.100.7/32 -j DROP"
+
+
+def apply(rules: list[str], lines: list[str]) -> list[str]:
+    """Play -D/-I lines on a list the way iptables-restore would."""
+    out = list(rules)
+    for line in lines:
+        op, chain, rest = line.split(" ", 2)
+        num, _, args = rest.partition(" ")
+        if op == "-D":
+            del out[int(num) - 1]
+        else:
+            out.insert(int(num) - 1, args)
+    return out
+
+
+def targets(rules: list[str]) -> list[str]:
+    return [r.rsplit("-j ", 1)[1] for r in rules if "_FW" in r]
+
+
+def stage_sorted(ts: list[str]) -> bool:
+    st = [("FWX", "FWI", "FWO").index(t[-3:]) for t in ts]
+    return st == sorted(st)
+
+
+def edits(rules):
+    items = []
+    lines = _jump_edits(rules, "FORWARD", OURS, 4, "filter", items)
+    return lines, items, apply(rules, lines)
+
+
+def test_empty_chain_gets_the_three_jumps_at_the_top_in_order():
+    lines, _, after = edits([ADMIN])
+    assert targets(after) == OURS and after[3] == ADMIN
+
+
+def test_admin_rule_above_correct_jumps_stays_and_nothing_changes():
+    rules = [ADMIN] + [_jump_args(t) for t in OURS]
+    assert edits(rules)[0] == []
+
+
+def test_libvirt_restarted_above_us_is_reordered_without_moving_libvirt():
+    rules = LV + [_jump_args(t) for t in OURS]
+    lines, items, after = edits(rules)
+    assert lines and stage_sorted(targets(after))
+    assert [t for t in targets(after) if t.startswith("LIBVIRT")] == [l[3:] for l in LV]
+    assert all("VNETFW" in i.detail for i in items)
+    assert edits(after)[0] == [], "the repaired chain is stable"
+
+
+@pytest.mark.parametrize("perm", list(itertools.permutations(range(6))))
+def test_any_interleaving_ends_stage_sorted_and_stable(perm):
+    pool = LV + [_jump_args(t) for t in OURS]
+    rules = [pool[i] for i in perm]
+    lv_order = [r for r in rules if "LIBVIRT" in r]
+    lines, _, after = edits(rules)
+    if stage_sorted([r[3:] if r.startswith("-j ") else r.rsplit(" ", 1)[1] for r in lv_order]):
+        assert stage_sorted(targets(after)), (rules, after)
+    assert [r for r in after if "LIBVIRT" in r] == lv_order      # never moved
+    assert edits(after)[0] == []
+
+
+def test_missing_jumps_are_placed_between_libvirt_stages():
+    _, _, after = edits(list(LV))
+    assert targets(after) == ["VNETFW_FWX", "LIBVIRT_FWX", "VNETFW_FWI", "LIBVIRT_FWI",
+                              "VNETFW_FWO", "LIBVIRT_FWO"]
