@@ -91,6 +91,21 @@ def build_parser() -> argparse.ArgumentParser:
                     help="one family only, exactly as iptables-restore/ip6tables-restore take it")
     cmd("demo", "build a sandbox of namespaces, apply a mixed set of networks and prove the "
                 "traffic policy with real packets (never touches the host)")
+    sp = cmd("migrate", "take networks over from an older layout: delete the rules a libvirt "
+                        "before 5.1 (or an older vnetfw) wrote into the builtin chains for them, "
+                        "and apply them with vnetfw's chains, in one step per family")
+    sp.add_argument("paths", nargs="+", metavar="PATH", help="the networks' definitions")
+    sp.add_argument("--dry-run", action="store_true",
+                    help="print exactly the rules that would be deleted; change nothing")
+    sp.add_argument("--adopt", action="store_true",
+                    help="also take the networks over from libvirt's LIBVIRT_* chains")
+    sp.add_argument("--drop-libvirt-chains", action="store_true",
+                    help="with --adopt: remove libvirt's chains and jumps once no rule is left "
+                         "in them (default: keep them; a running libvirtd needs them)")
+    sp = cmd("doctor", "inspect the host (or --netns) and explain what will break virtual "
+                       "networks, with the fix; changes nothing; exit 1 if something will")
+    sp.add_argument("paths", nargs="*", metavar="PATH",
+                    help="networks to check (default: the active networks)")
     return p
 
 
@@ -241,10 +256,33 @@ def cmd_demo(a):
     return run(backend=a.backend, profile=a.profile or "default", json=a.json)
 
 
+def cmd_migrate(a):
+    from .migrate_run import migrate
+    from .sources import load_paths
+    rep = migrate(load_paths(a.paths), adopt=a.adopt, dry_run=a.dry_run,
+                  drop_libvirt_chains=a.drop_libvirt_chains, backend=a.backend,
+                  profile=a.profile, netns=a.netns, state_dir=a.state_dir, prefix=a.prefix,
+                  hooks_dir=a.hooks_dir)
+
+    def human() -> None:
+        from .migrate_run import print_human
+        print_human(rep)
+    _emit(a, rep.to_json(), human)
+    for f in rep.apply.hook_failures:
+        print(f"vnetfw: hook failed: {f}", file=sys.stderr)
+    return 6 if rep.apply.hook_failures else 0
+
+
+def cmd_doctor(a):
+    from .doctor import run_doctor
+    return run_doctor(a)
+
+
 COMMANDS = {"setup": cmd_setup, "apply": cmd_apply, "remove": cmd_remove, "list": cmd_list,
             "status": cmd_status, "teardown": cmd_teardown, "render": cmd_render,
             "diff": cmd_diff, "check": cmd_check, "reload": cmd_reload,
             "demo": cmd_demo}
+COMMANDS.update(migrate=cmd_migrate, doctor=cmd_doctor)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -251,7 +251,7 @@ def _jump_args(target: str) -> str:
 
 
 @dataclass
-class _TableEdit:
+class TableEdit:
     new_chains: list[str] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
 
@@ -430,7 +430,7 @@ class IptablesBackend(Backend):
         prefix = desired.prefix if desired is not None else prefix
         assert prefix is not None
         items: list[Change] = []
-        edits: dict[Family, dict[str, _TableEdit]] = {}
+        edits: dict[Family, dict[str, TableEdit]] = {}
         want = desired.by_chain() if desired is not None else {}
         for fam in (4, 6):
             edits[fam] = {}
@@ -445,8 +445,8 @@ class IptablesBackend(Backend):
         return ChangeSet(items, edits)
 
     def _sync_table(self, dump: TableDump, prefix: str, fam: Family, table: str,
-                    want: dict, scope: Scope, items: list[Change]) -> _TableEdit:
-        ed = _TableEdit()
+                    want: dict, scope: Scope, items: list[Change]) -> TableEdit:
+        ed = TableEdit()
         specs = chains_of(table)
         for spec in specs:
             name = f"{prefix}_{spec.suffix}"
@@ -466,8 +466,8 @@ class IptablesBackend(Backend):
         return ed
 
     def _teardown_table(self, dump: TableDump, prefix: str, fam: Family, table: str,
-                        items: list[Change]) -> _TableEdit:
-        ed = _TableEdit()
+                        items: list[Change]) -> TableEdit:
+        ed = TableEdit()
         ours = [f"{prefix}_{s.suffix}" for s in chains_of(table)]
         for builtin in BUILTINS[table]:
             rules = dump.chains.get(builtin, [])
@@ -487,7 +487,7 @@ class IptablesBackend(Backend):
 
     # -- rendering (pure) ----------------------------------------------------------------
     def script(self, changes: ChangeSet, family: Family) -> str:
-        eds: dict[str, _TableEdit] = changes.payload.get(family, {})
+        eds: dict[str, TableEdit] = changes.payload.get(family, {})
         return "".join(eds[t].script(t) for t in TABLES if t in eds)
 
     def render(self, desired: Ruleset, family: Family | None = None) -> str:
