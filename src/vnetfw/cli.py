@@ -135,6 +135,8 @@ def _print_report(a: argparse.Namespace, rep) -> int:
             print(f"{rep.action}: {verb} {len(rep.changes)} item(s) ({rep.backend})")
             for c in rep.changes:
                 print(f"  {c}")
+        for n in rep.notes:
+            print(f"note: {n}")
         for w in rep.warnings:
             print(f"warning: {w}", file=sys.stderr)
         for f in rep.hook_failures:

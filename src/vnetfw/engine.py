@@ -30,7 +30,7 @@ from typing import Any, Iterable
 from .backends import Backend, Change, ChangeSet, Scope, get_backend
 from .backends.runner import Runner
 from .errors import BackendError, DefinitionError
-from .model import Network, validate_together
+from .model import Mode, Network, validate_together
 from .plan import PROFILES, Profile, plan
 from .ruleset import Ruleset
 from .state import State, StateStore, default_state_dir
@@ -61,6 +61,7 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     networks: list[str] = field(default_factory=list)
     hook_failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -70,7 +71,7 @@ class Report:
         return {"action": self.action, "backend": self.backend, "changed": self.changed,
                 "applied": self.applied, "networks": self.networks,
                 "changes": [c.to_json() for c in self.changes], "warnings": self.warnings,
-                "hook_failures": self.hook_failures}
+                "hook_failures": self.hook_failures, "notes": self.notes}
 
 
 def resolve_profile(name: str, prefix: str | None = None) -> Profile:
@@ -219,6 +220,12 @@ class Engine:
             new_names = {n.name for n in nets}
             validate_together([merged[k] for k in merged if k not in new_names] + nets)
             rep = Report("apply", b.name, networks=sorted(new_names))
+            for n in nets:
+                if n.mode is Mode.OPEN:
+                    rep.notes.append(f"{n.name}: mode open gets no firewall rules, by design")
+                elif not n.mode.firewalled:
+                    rep.notes.append(f"{n.name}: mode {n.mode.value} puts guests on a host "
+                                     "bridge or device; vnetfw does not firewall it (no rules)")
             self._sync(b, plan(merged.values(), prof), "full", dry_run, rep)
             self._switch_away(state, b, prof, dry_run, rep)
             if not dry_run:

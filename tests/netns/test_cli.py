@@ -131,3 +131,19 @@ def test_lock_serialises_processes(tmp_path):
     t.join()
     with StateStore(tmp_path).lock(timeout=1):
         pass
+
+
+def test_unfirewalled_modes_are_said_plainly(netns, tmp_path):
+    d = tmp_path / "defs"
+    d.mkdir()
+    (d / "b.xml").write_text("<network><name>host-br</name><forward mode='bridge'/>"
+                             "<bridge name='br0'/></network>")
+    (d / "o.toml").write_text('name="op"\nbridge="vbr-op"\nmode="open"\n'
+                              'ip=[{address="10.88.0.1", prefix=24}]\n')
+    common = ["--backend", "iptables-nft", "--netns", netns, "--state-dir", str(tmp_path / "s")]
+    out = vnetfw("apply", str(d), *common).stdout
+    assert "note: host-br: mode bridge puts guests on a host bridge or device; vnetfw does " \
+           "not firewall it (no rules)" in out
+    assert "note: op: mode open gets no firewall rules, by design" in out
+    text = save(netns)
+    assert "br0" not in text and "vbr-op" not in text
