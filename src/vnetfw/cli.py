@@ -91,6 +91,29 @@ def build_parser() -> argparse.ArgumentParser:
                     help="one family only, exactly as iptables-restore/ip6tables-restore take it")
     cmd("demo", "build a sandbox of namespaces, apply a mixed set of networks and prove the "
                 "traffic policy with real packets (never touches the host)")
+    sp = cmd("watch", "keep the firewall repaired: react to nftables changes, firewalld "
+                      "reloads and a periodic check; runs until SIGTERM (see systemd/)")
+    sp.add_argument("--interval", type=float, default=30.0, metavar="SECONDS",
+                    help="periodic check (default 30; 0: never); the only way "
+                         "iptables-legacy changes are noticed")
+    sp.add_argument("--debounce", type=float, default=0.1, metavar="SECONDS",
+                    help="quiet time that ends a burst of nftables changes (default 0.1; a "
+                         "burst is checked at most 0.5 s after it began)")
+    sp.add_argument("--no-events", action="store_true",
+                    help="do not subscribe to nftables notifications (periodic checks only)")
+    sp.add_argument("--once", action="store_true",
+                    help="bind firewalld zones, check and repair once, then exit")
+    sp.add_argument("--firewalld", choices=("auto", "off"), default=None,
+                    help="put managed bridges into a firewalld zone when firewalld runs "
+                         "(default: $VNETFW_FIREWALLD or auto; off with --netns unless "
+                         "--firewalld-bus is given)")
+    sp.add_argument("--firewalld-zone", metavar="ZONE",
+                    help="zone for the bridges (default: $VNETFW_FIREWALLD_ZONE, else libvirt "
+                         "if firewalld has it, else trusted)")
+    sp.add_argument("--firewalld-bus", metavar="ADDRESS",
+                    help="D-Bus address of firewalld's bus (default: $VNETFW_FIREWALLD_BUS, "
+                         "else the system bus)")
+    sp.add_argument("-v", "--verbose", action="store_true", help="also log every check")
     sp = cmd("migrate", "take networks over from an older layout: delete the rules a libvirt "
                         "before 5.1 (or an older vnetfw) wrote into the builtin chains for them, "
                         "and apply them with vnetfw's chains, in one step per family")
@@ -258,6 +281,27 @@ def cmd_demo(a):
     return run(backend=a.backend, profile=a.profile or "default", json=a.json)
 
 
+def cmd_watch(a):
+    from .backends.runner import netns_problem
+    from .errors import BackendError, DefinitionError
+    from .firewalld import FirewalldConfig
+    from .watch import Log, WatchOptions, Watcher, run_once
+    if a.netns is not None and (p := netns_problem(a.netns)) is not None:
+        raise BackendError(p)
+    for opt, v in (("--interval", a.interval), ("--debounce", a.debounce)):
+        if not v >= 0:
+            raise DefinitionError(opt, f"must be a number of seconds >= 0, not {v}")
+    try:
+        fw = FirewalldConfig.from_env(a.firewalld, a.firewalld_zone, a.firewalld_bus)
+    except ValueError as e:
+        raise DefinitionError("--firewalld", str(e)) from None
+    opts = WatchOptions(interval=a.interval, debounce=a.debounce, events=not a.no_events,
+                        firewalld=fw, backend=a.backend, profile=a.profile)
+    w = Watcher(netns=a.netns, state_dir=a.state_dir, hooks_dir=a.hooks_dir, options=opts,
+                log=Log(verbose=a.verbose))
+    return run_once(w) if a.once else w.run()
+
+
 def cmd_migrate(a):
     from .migrate_run import migrate
     from .sources import load_paths
@@ -285,6 +329,7 @@ COMMANDS = {"setup": cmd_setup, "apply": cmd_apply, "remove": cmd_remove, "list"
             "diff": cmd_diff, "check": cmd_check, "reload": cmd_reload,
             "demo": cmd_demo}
 COMMANDS.update(migrate=cmd_migrate, doctor=cmd_doctor)
+COMMANDS.update(watch=cmd_watch)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,201 @@
+"""nftables change notifications from the kernel, for ``vnetfw watch``.
+
+Contract: ``NftEvents(netns)`` opens a netlink socket subscribed to the nf_tables multicast
+group (NFNLGRP_NFTABLES) inside network namespace ``netns`` (or our own when None).
+``fileno()`` goes into the caller's poll loop; ``read()`` never blocks and returns the
+events that arrived since the last call: every table/chain/rule/set/element/object change
+with its family and table, and one ``gen`` event at the end of each committed transaction
+(with the generation id and the pid/name of the process that committed it). ``overflow``
+says the kernel dropped notifications (ENOBUFS): the caller must assume anything changed.
+
+This is what ``nft monitor`` prints, taken from the kernel directly:
+- iptables-nft is nf_tables underneath, so its changes (``iptables-nft -F`` ...) arrive here
+  too; iptables-legacy changes never do (x_tables has no notifications at all).
+- Notifications are queued on our socket during the committing process's own sendmsg, so
+  once a commit we started has returned, every event it caused is already readable. ``nft
+  monitor`` would add a process and a pipe between the kernel and us, with a delay we could
+  not bound, and is missing on iptables-nft hosts without the nftables package.
+- The socket belongs to the namespace it was created in. We create it in a short-lived
+  thread that setns(2)-es into ``/run/netns/NAME`` (the file ``Runner`` enters too): setns
+  with CLONE_NEWNET changes the calling thread only, so the watch process itself never
+  leaves its namespace and there is nothing to switch back.
+- ``nft -c`` (check-only) batches are aborted by the kernel and notify nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import socket
+import struct
+import threading
+from dataclasses import dataclass
+
+from .backends.runner import NETNS_DIR, netns_problem
+from .errors import BackendError
+
+NETLINK_NETFILTER = 12
+NFNLGRP_NFTABLES = 7
+NFNL_SUBSYS_NFTABLES = 10
+SOL_NETLINK = 270
+NETLINK_ADD_MEMBERSHIP = 1
+CLONE_NEWNET = 0x40000000
+NLMSG_ERROR, NLMSG_DONE, NLMSG_OVERRUN = 2, 3, 4
+
+# enum nf_tables_msg_types (linux/netfilter/nf_tables.h)
+_MSG = {0: "add table", 2: "delete table", 3: "add chain", 5: "delete chain", 6: "add rule",
+        8: "delete rule", 9: "add set", 11: "delete set", 12: "add element",
+        14: "delete element", 15: "gen", 18: "add object", 20: "delete object",
+        22: "add flowtable", 24: "delete flowtable", 26: "destroy table",
+        27: "destroy chain", 28: "destroy rule", 29: "destroy set", 30: "destroy element",
+        31: "destroy object", 32: "destroy flowtable"}
+NFT_MSG_NEWGEN = 15
+NFTA_GEN_ID, NFTA_GEN_PROC_PID, NFTA_GEN_PROC_NAME = 1, 2, 3
+# Attribute 1 of every table/chain/rule/set/element/object/flowtable message is its table.
+NFTA_X_TABLE = 1
+NFPROTO = {1: "inet", 2: "ip", 3: "arp", 5: "netdev", 7: "bridge", 10: "ip6"}
+
+RCVBUF = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class NftEvent:
+    what: str                   # "add rule", "delete table", ..., or "gen"
+    family: str = ""
+    table: str = ""
+    genid: int | None = None    # gen events only
+    pid: int | None = None
+    comm: str = ""
+
+    def __str__(self) -> str:
+        if self.what == "gen":
+            return f"generation {self.genid} by {self.comm or '?'}[{self.pid}]"
+        return f"{self.what} {self.family} {self.table}".rstrip()
+
+
+def _attrs(data: bytes, pos: int, end: int) -> dict[int, bytes]:
+    out: dict[int, bytes] = {}
+    while pos + 4 <= end:
+        alen, atype = struct.unpack_from("=HH", data, pos)
+        if alen < 4:
+            break
+        out.setdefault(atype & 0x3FFF, data[pos + 4:pos + alen])   # drop NESTED/BYTEORDER bits
+        pos += (alen + 3) & ~3
+    return out
+
+
+def parse_messages(data: bytes) -> list[NftEvent]:
+    """Netlink datagram(s) -> nf_tables events (other subsystems and types are skipped)."""
+    events: list[NftEvent] = []
+    pos = 0
+    while pos + 16 <= len(data):
+        mlen, mtype, _flags, _seq, _pid = struct.unpack_from("=IHHII", data, pos)
+        if mlen < 16 or pos + mlen > len(data):
+            break
+        if mtype >> 8 == NFNL_SUBSYS_NFTABLES and mlen >= 20:
+            kind = _MSG.get(mtype & 0xFF)
+            if kind is not None:
+                family = NFPROTO.get(data[pos + 16], str(data[pos + 16]))
+                a = _attrs(data, pos + 20, pos + mlen)
+                if kind == "gen":
+                    gid = a.get(NFTA_GEN_ID)
+                    ppid = a.get(NFTA_GEN_PROC_PID)
+                    events.append(NftEvent(
+                        "gen", genid=struct.unpack(">I", gid)[0] if gid and len(gid) == 4 else None,
+                        pid=struct.unpack(">I", ppid)[0] if ppid and len(ppid) == 4 else None,
+                        comm=a.get(NFTA_GEN_PROC_NAME, b"").split(b"\0")[0].decode(errors="replace")))
+                else:
+                    table = a.get(NFTA_X_TABLE, b"").split(b"\0")[0].decode(errors="replace")
+                    events.append(NftEvent(kind, family, table))
+        pos += (mlen + 3) & ~3
+    return events
+
+
+_libc = None
+
+
+def _setns_thread(netns: str, result: list) -> None:
+    try:
+        fd = os.open(os.path.join(NETNS_DIR, netns), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if _libc.setns(fd, CLONE_NEWNET) != 0:
+                e = ctypes.get_errno()
+                raise OSError(e, f"setns into {netns}: {os.strerror(e)}")
+        finally:
+            os.close(fd)
+        result.append(_open_socket())
+    except BaseException as e:              # handed to the creating thread
+        result.append(e)
+
+
+def _open_socket() -> socket.socket:
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC
+                      | socket.SOCK_NONBLOCK, NETLINK_NETFILTER)
+    try:
+        s.bind((0, 0))
+        s.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES)
+        # A flush of a large ruleset is one notification per object: make room so that an
+        # overflow (ENOBUFS, handled anyway) stays rare. FORCE needs CAP_NET_ADMIN.
+        try:
+            s.setsockopt(socket.SOL_SOCKET, 33, RCVBUF)        # SO_RCVBUFFORCE
+        except OSError:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+class NftEvents:
+    """Subscription to nf_tables notifications in one network namespace."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        global _libc
+        self.netns = netns
+        self.overflow = False
+        self._buf = bytearray(1 << 20)
+        try:
+            if netns is None:
+                self.sock = _open_socket()
+            else:
+                if (p := netns_problem(netns)) is not None:
+                    raise BackendError(p)
+                if _libc is None:
+                    _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6",
+                                        use_errno=True)
+                result: list = []
+                t = threading.Thread(target=_setns_thread, args=(netns, result),
+                                     name="vnetfw-netns", daemon=True)
+                t.start()
+                t.join()
+                if not result or isinstance(result[0], BaseException):
+                    raise result[0] if result else OSError("netns thread failed")
+                self.sock = result[0]
+        except OSError as e:
+            raise BackendError(f"cannot subscribe to nftables events: {e.strerror or e}") from None
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def read(self) -> list[NftEvent]:
+        """Everything queued now (never blocks). Sets ``overflow`` if the kernel dropped some."""
+        events: list[NftEvent] = []
+        while True:
+            try:
+                n = self.sock.recv_into(self._buf)
+            except BlockingIOError:
+                break
+            except InterruptedError:
+                continue
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:
+                    self.overflow = True
+                    continue
+                raise
+            events += parse_messages(bytes(self._buf[:n]))
+        return events
+
+    def close(self) -> None:
+        self.sock.close()
