@@ -174,6 +174,16 @@ class Engine:
         state.networks = networks
         self.store.save(state)
 
+    def _zones(self, before: dict[str, Network], after: dict[str, Network],
+               report: Report) -> None:
+        """firewalld: bind the managed bridges to a zone, unbind the ones that went away.
+        Does nothing without firewalld, and inside --netns unless $VNETFW_FIREWALLD_BUS
+        names the bus of a firewalld that manages that namespace. Never raises."""
+        from . import firewalld
+        res = firewalld.sync(before, after, netns=self.runner.netns)
+        report.warnings += res.warnings
+        report.notes += res.notes
+
     def hooks(self) -> list[Path]:
         try:
             return sorted(p for p in self.hooks_dir.iterdir()
@@ -231,6 +241,7 @@ class Engine:
             if not dry_run:
                 old = dict(state.networks)
                 self._save(state, b, prof, merged)
+                self._zones(old, merged, rep)
                 self._run_hooks([(n, "updated" if n.name in old else "added") for n in nets
                                  if old.get(n.name) != n], rep)
             return rep
@@ -250,8 +261,10 @@ class Engine:
             self._sync(b, plan(kept.values(), prof), "full", dry_run, rep)
             self._switch_away(state, b, prof, dry_run, rep)
             if not dry_run:
+                before = dict(state.networks)
                 gone = [state.networks[n] for n in names]
                 self._save(state, b, prof, kept)
+                self._zones(before, kept, rep)
                 self._run_hooks([(n, "removed") for n in gone], rep)
             return rep
 
@@ -268,6 +281,8 @@ class Engine:
             self._switch_away(state, b, prof, dry_run, rep)
             if not dry_run and (state.backend, state.prefix) != (b.name, prof.prefix):
                 self._save(state, b, prof, state.networks)
+            if not dry_run:     # idempotent: restores zones after a firewalld restart
+                self._zones(state.networks, state.networks, rep)
             if rep.changed and not dry_run:
                 self._run_hooks([(state.networks[n], "reloaded") for n in sorted(state.networks)],
                                 rep)
@@ -290,8 +305,10 @@ class Engine:
             rep = Report("teardown", b.name, networks=sorted(state.networks))
             self._sync(b, None, "teardown", dry_run, rep, prefix=state.prefix or prof.prefix)
             if not dry_run:
-                gone = list(state.networks.values())
+                before = dict(state.networks)
+                gone = list(before.values())
                 self._save(state, b, prof, {})
+                self._zones(before, {}, rep)
                 self._run_hooks([(n, "removed") for n in gone], rep)
             return rep
 

@@ -459,3 +459,23 @@ def test_never_starts_firewalld_by_dbus_activation(tmp_path):
     finally:
         p.terminate()
         p.wait(5)
+
+
+def test_engine_binds_on_apply_and_unbinds_on_remove(real_fw, tmp_path, monkeypatch):
+    """The engine calls the adapter itself: apply binds, remove and teardown unbind, and the
+    report says so."""
+    from vnetfw.engine import Engine
+    monkeypatch.setenv("VNETFW_FIREWALLD_BUS", real_fw.addr)
+    eng = Engine(backend="nftables", netns=real_fw.ns, state_dir=tmp_path / "st",
+                 hooks_dir=tmp_path / "none")
+    rep = eng.apply(NETMAP.values())
+    assert zones(real_fw, FIREWALLED) == dict.fromkeys(FIREWALLED, "trusted")
+    assert "vbr-nat1: added to firewalld zone trusted" in rep.notes
+    rep = eng.remove(["routed"])
+    assert real_fw.zone_of("vbr-route") == "" and real_fw.zone_of("vbr-nat1") == "trusted"
+    assert rep.notes == ["vbr-route: removed from firewalld zone trusted"]
+    real_fw.cmd("--zone=trusted", "--remove-interface=vbr-nat1")      # someone undid it
+    eng.reload()
+    assert real_fw.zone_of("vbr-nat1") == "trusted"
+    eng.teardown()
+    assert zones(real_fw, FIREWALLED) == dict.fromkeys(FIREWALLED, "")
