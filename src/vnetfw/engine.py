@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .backends import Backend, Change, ChangeSet, Scope, get_backend
+from .backends.nfgen import Generation
 from .backends.runner import Runner
 from .errors import BackendError, DefinitionError
 from .model import Mode, Network, validate_together
@@ -117,7 +118,9 @@ class Engine:
             if name == "auto" and state.backend:
                 name = state.backend
             self._backend = get_backend(name, self.runner)
-            if (why := self._backend.available()) is not None:
+            # A backend the active networks already use was usable when they were applied;
+            # skip its probe (nftables: an 'nft -c' process) and let a failure speak.
+            if name != state.backend and (why := self._backend.available()) is not None:
                 raise BackendError(f"backend {self._backend.name} is not usable: {why}")
         return self._backend
 
@@ -128,16 +131,36 @@ class Engine:
             prefix = state.prefix if state.prefix != PROFILES[name].prefix else None
         return resolve_profile(name, prefix)
 
+    @staticmethod
+    def _untouched(state: State, backend: Backend, profile: Profile,
+                   networks: dict[str, Network]) -> bool:
+        """True when the live firewall provably still is exactly what vnetfw last committed
+        for ``networks``: same backend, prefix and networks, and the nf_tables generation id
+        has not moved since (no transaction at all, by anyone). No readback needed."""
+        return (state.generation is not None and state.backend == backend.name
+                and state.prefix == profile.prefix and networks == state.networks
+                and backend.generation() == state.generation)
+
     def _sync(self, backend: Backend, desired: Ruleset | None, scope: Scope, dry_run: bool,
-              report: Report, prefix: str | None = None) -> None:
+              report: Report, prefix: str | None = None) -> Generation | None:
+        """Read, diff, commit. Returns the nf_tables generation the live firewall verifiably
+        matches ``desired`` at (None: unknown, or no generation on this backend)."""
+        g0 = backend.generation()           # before the readback the diff is computed from
         live = backend.read()
         cs = backend.changes(live, desired, scope, prefix=prefix)
         report.changes += cs.items
         if cs.empty or dry_run:
             report.applied = not dry_run
-            return
+            return g0 if cs.empty else None
         try:
             backend.commit(live, cs)
+            g1 = backend.generation()
+            # Exactly our transactions since the readback: nobody else changed anything, so
+            # the live ruleset is the desired one at g1.
+            n = backend.transactions(cs)
+            if g0 is None or g1 is None or n is None or g1[1:] != g0[1:] or g1.id - g0.id != n:
+                return None
+            return g1
         except BackendError as e:
             optional = desired is not None and any(r.optional for r in desired.rules)
             if not optional:
@@ -150,28 +173,31 @@ class Engine:
             report.changes += cs.items
             if not cs.empty:
                 backend.commit(live, cs)
+            return None     # the plan holds rules the kernel refused: never "untouched"
 
     def _switch_away(self, state: State, backend: Backend, profile: Profile, dry_run: bool,
-                     report: Report) -> None:
+                     report: Report) -> bool:
         """If the active networks live under another backend or prefix, remove them there
         (after the new rules are in place, so filtering never has a gap)."""
         old_prefix = state.prefix or profile.prefix
         if state.backend is None or (state.backend == backend.name
                                      and old_prefix == profile.prefix):
-            return
+            return False
         old = get_backend(state.backend, self.runner)
         if old.available() is not None:
             report.warnings.append(f"previous backend {state.backend} is not usable here; "
                                    "its rules were not removed")
-            return
+            return False
         self._sync(old, None, "teardown", dry_run, report, prefix=old_prefix)
+        return True
 
     def _save(self, state: State, backend: Backend, profile: Profile,
-              networks: dict[str, Network]) -> None:
+              networks: dict[str, Network], generation: Generation | None) -> None:
         state.backend = backend.name
         state.profile = profile.name
         state.prefix = profile.prefix
         state.networks = networks
+        state.generation = generation
         self.store.save(state)
 
     def _zones(self, before: dict[str, Network], after: dict[str, Network],
@@ -236,11 +262,14 @@ class Engine:
                 elif not n.mode.firewalled:
                     rep.notes.append(f"{n.name}: mode {n.mode.value} puts guests on a host "
                                      "bridge or device; vnetfw does not firewall it (no rules)")
-            self._sync(b, plan(merged.values(), prof), "full", dry_run, rep)
-            self._switch_away(state, b, prof, dry_run, rep)
+            if self._untouched(state, b, prof, merged):
+                return rep                                  # nothing to do, nothing read
+            gen = self._sync(b, plan(merged.values(), prof), "full", dry_run, rep)
+            if self._switch_away(state, b, prof, dry_run, rep):
+                gen = None
             if not dry_run:
                 old = dict(state.networks)
-                self._save(state, b, prof, merged)
+                self._save(state, b, prof, merged, gen)
                 self._zones(old, merged, rep)
                 self._run_hooks([(n, "updated" if n.name in old else "added") for n in nets
                                  if old.get(n.name) != n], rep)
@@ -258,12 +287,13 @@ class Engine:
             prof = self.profile_for(state)
             kept = {k: v for k, v in state.networks.items() if k not in names}
             rep = Report("remove", b.name, networks=sorted(names))
-            self._sync(b, plan(kept.values(), prof), "full", dry_run, rep)
-            self._switch_away(state, b, prof, dry_run, rep)
+            gen = self._sync(b, plan(kept.values(), prof), "full", dry_run, rep)
+            if self._switch_away(state, b, prof, dry_run, rep):
+                gen = None
             if not dry_run:
                 before = dict(state.networks)
                 gone = [state.networks[n] for n in names]
-                self._save(state, b, prof, kept)
+                self._save(state, b, prof, kept, gen)
                 self._zones(before, kept, rep)
                 self._run_hooks([(n, "removed") for n in gone], rep)
             return rep
@@ -277,10 +307,15 @@ class Engine:
             b = self.backend_for(state)
             prof = self.profile_for(state)
             rep = Report("reload", b.name, networks=sorted(state.networks))
-            self._sync(b, plan(state.networks.values(), prof), "full", dry_run, rep)
-            self._switch_away(state, b, prof, dry_run, rep)
-            if not dry_run and (state.backend, state.prefix) != (b.name, prof.prefix):
-                self._save(state, b, prof, state.networks)
+            if self._untouched(state, b, prof, state.networks):
+                gen = state.generation
+            else:
+                gen = self._sync(b, plan(state.networks.values(), prof), "full", dry_run, rep)
+                if self._switch_away(state, b, prof, dry_run, rep):
+                    gen = None
+            if not dry_run and ((state.backend, state.prefix, state.generation)
+                                != (b.name, prof.prefix, gen)):
+                self._save(state, b, prof, state.networks, gen)
             if not dry_run:     # idempotent: restores zones after a firewalld restart
                 self._zones(state.networks, state.networks, rep)
             if rep.changed and not dry_run:
@@ -293,7 +328,10 @@ class Engine:
         Read-only; phrase them with ``drift_text``."""
         state = self.store.load()
         b = self.backend_for(state)
-        desired = plan(state.networks.values(), self.profile_for(state))
+        prof = self.profile_for(state)
+        if self._untouched(state, b, prof, state.networks):
+            return []
+        desired = plan(state.networks.values(), prof)
         return b.changes(b.read(), desired, "full").items
 
     def teardown(self, dry_run: bool = False) -> Report:
@@ -307,7 +345,7 @@ class Engine:
             if not dry_run:
                 before = dict(state.networks)
                 gone = list(before.values())
-                self._save(state, b, prof, {})
+                self._save(state, b, prof, {}, None)    # the layout is gone too: unknown
                 self._zones(before, {}, rep)
                 self._run_hooks([(n, "removed") for n in gone], rep)
             return rep
@@ -319,7 +357,8 @@ class Engine:
         b = self.backend_for(state)
         prof = self.profile_for(state)
         desired = plan(state.networks.values(), prof)
-        drift = b.changes(b.read(), desired, "full").items
+        drift = [] if self._untouched(state, b, prof, state.networks) \
+            else b.changes(b.read(), desired, "full").items
         per_net: dict[str, int] = {}
         for r in desired.rules:
             per_net[r.network] = per_net.get(r.network, 0) + 1

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import StateError
+from .backends.nfgen import Generation
 from .model import Network, network_from_dict
 
 DEFAULT_STATE_DIR = "/var/lib/vnetfw"
@@ -43,10 +44,14 @@ class State:
     profile: str | None = None
     prefix: str | None = None
     networks: dict[str, Network] = field(default_factory=dict)
+    # nf_tables generation id right after vnetfw's last verified commit (None: unknown, or
+    # a backend without one). While the live generation equals it, nothing has changed.
+    generation: Generation | None = None
 
     def to_json(self) -> dict:
         return {"version": FORMAT_VERSION, "backend": self.backend, "profile": self.profile,
                 "prefix": self.prefix,
+                "generation": list(self.generation) if self.generation else None,
                 "networks": [self.networks[k].to_dict() for k in sorted(self.networks)]}
 
 
@@ -97,12 +102,18 @@ class StateStore:
         except (ValueError, KeyError, TypeError) as e:
             raise StateError(f"{self.path}: corrupt state ({e}); move it aside and run "
                              "'vnetfw apply' again") from None
+        try:
+            gen = Generation(*d["generation"]) if d.get("generation") else None
+        except TypeError:
+            gen = None          # written by another version: just read the firewall once
         return State(d.get("backend"), d.get("profile"), d.get("prefix"),
-                     {n.name: n for n in nets})
+                     {n.name: n for n in nets}, gen)
 
     def save(self, state: State) -> None:
         tmp = self.path.with_suffix(".tmp")
-        data = json.dumps(state.to_json(), indent=1, sort_keys=True) + "\n"
+        # Compact: json's C encoder only serves separators without indent, and a state of
+        # 10,000 networks is several MB.
+        data = json.dumps(state.to_json(), separators=(",", ":"), sort_keys=True) + "\n"
         try:
             with open(tmp, "w") as f:
                 f.write(data)

@@ -278,3 +278,39 @@ def test_profile_switch_moves_chains(netns, tmp_path):
     assert "VNETFW_" not in text and "LIBVIRT_FWI" in text
     # without --profile, later commands keep the libvirt profile
     assert engine(netns, "iptables-nft", tmp_path).check() == []
+
+
+@pytest.mark.parametrize("flavour", ["iptables-nft", "nftables"])
+def test_untouched_firewall_is_not_read_again(netns, flavour, tmp_path, monkeypatch):
+    """While the nf_tables generation has not moved since vnetfw's own verified commit, the
+    live firewall is exactly what vnetfw left: re-apply, check and status need no readback.
+    Any transaction by anyone moves it, and the next command reads again."""
+    eng = engine(netns, flavour, tmp_path)
+    eng.apply(NETS)
+    st = eng.store.load()
+    assert st.generation is not None and st.generation.id > 0
+    backend_cls = type(eng.backend_for(st))
+    reads = []
+    real_read = backend_cls.read
+    monkeypatch.setattr(backend_cls, "read", lambda self: reads.append(1) or real_read(self))
+    assert not eng.apply(NETS).changed and eng.check() == [] and eng.status()["in_sync"]
+    assert not eng.reload().changed
+    assert reads == [], "an untouched firewall was read back"
+    # an unrelated transaction moves the generation: read again (and find nothing to do)
+    nsrun(netns, "nft", "add", "table", "inet", "somebody_else")
+    assert eng.check() == [] and reads == [1]
+    assert not eng.reload().changed and len(reads) == 2
+    assert eng.check() == [] and len(reads) == 2, "reload re-verified the generation"
+    # the same counter in another namespace (or after a reboot) is not the same generation
+    st = eng.store.load()
+    st.generation = st.generation._replace(netns_cookie=st.generation.netns_cookie + 1)
+    eng.store.save(st)
+    assert eng.check() == [] and len(reads) == 3
+
+
+def test_legacy_has_no_generation_and_always_reads(netns, tmp_path):
+    eng = engine(netns, "iptables-legacy", tmp_path)
+    eng.apply(NETS)
+    assert eng.store.load().generation is None
+    nsrun(netns, "iptables-legacy", "-F", "VNETFW_FWI")
+    assert eng.check() != []

@@ -18,11 +18,14 @@ Every backend offers the same small contract, so the engine never knows which on
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import BackendError
 from ..ruleset import Family, Ruleset
 from .runner import Runner
+
+if TYPE_CHECKING:
+    from .nfgen import Generation
 
 Scope = Literal["setup", "full", "teardown"]
 
@@ -94,6 +97,25 @@ class Backend:
     def available(self) -> str | None:
         """None if usable here, else why not (missing command, kernel refuses)."""
         return None
+
+    def generation(self) -> "Generation | None":
+        """The namespace's nf_tables generation, if this backend writes through nf_tables
+        (nftables, iptables-nft); None otherwise (iptables-legacy) or if unknown."""
+        return None
+
+    def transactions(self, changes: ChangeSet) -> int | None:
+        """How many nf_tables transactions ``commit(changes)`` makes (None: not nf_tables)."""
+        return None
+
+    def _nf_generation(self) -> "Generation | None":
+        from .nfgen import genid
+        from .runner import NETNS_DIR
+        import os
+        try:
+            return genid(None if self.runner.netns is None
+                         else os.path.join(NETNS_DIR, self.runner.netns))
+        except OSError:
+            return None
 
 
 def get_backend(name: str, runner: Runner) -> Backend:

@@ -393,6 +393,24 @@ class IptablesBackend(Backend):
         self._cmd = {4: (f"iptables{mid}-save", f"iptables{mid}-restore"),
                      6: (f"ip6tables{mid}-save", f"ip6tables{mid}-restore")}
 
+    @property
+    def nf_tables(self) -> bool:
+        """Does this flavour write through nf_tables (and so move its generation id)?"""
+        if self.name == "iptables":
+            import os
+            path = self.runner.which("iptables")
+            return path is not None and "nft" in os.path.realpath(path)
+        return self.name == "iptables-nft"
+
+    def generation(self):
+        return self._nf_generation() if self.nf_tables else None
+
+    def transactions(self, changes: ChangeSet) -> int | None:
+        # iptables-nft-restore commits one nf_tables transaction per table (per COMMIT).
+        if not self.nf_tables:
+            return None
+        return sum(len(eds) for eds in changes.payload.values())
+
     def available(self) -> str | None:
         for save, restore in self._cmd.values():
             for prog in (save, restore):

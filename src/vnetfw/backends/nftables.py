@@ -322,6 +322,12 @@ class NftablesBackend(Backend):
             return f"the kernel refused an nftables probe table ({e})"
         return None
 
+    def generation(self):
+        return self._nf_generation()
+
+    def transactions(self, changes: ChangeSet) -> int | None:
+        return 1 if changes.payload else 0          # one nft -f: one transaction
+
     # -- reading ----------------------------------------------------------------------
     def read(self) -> NftLive:
         """One ``nft -j list ruleset inet``: a consistent snapshot of every inet table in one
