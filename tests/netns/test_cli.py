@@ -147,3 +147,19 @@ def test_unfirewalled_modes_are_said_plainly(netns, tmp_path):
     assert "note: op: mode open gets no firewall rules, by design" in out
     text = save(netns)
     assert "br0" not in text and "vbr-op" not in text
+
+
+def test_many_changes_are_summed_up_per_network(netns, tmp_path):
+    d = tmp_path / "defs"
+    d.mkdir()
+    (d / "many.toml").write_text("".join(
+        f'[[network]]\nname="n{i:03d}"\nbridge="vb{i}"\nmode="nat"\n'
+        f'ip=[{{address="10.90.{i}.1", prefix=24, dhcp=true}}]\n' for i in range(70)))
+    common = ["--backend", "iptables-nft", "--netns", netns, "--state-dir", str(tmp_path / "s")]
+    out = vnetfw("apply", "--dry-run", str(d), *common).stdout.splitlines()
+    assert out[0].startswith("apply: would change ")
+    assert "  layout: create 14, insert 14" in out
+    assert "  n000: add 25" in out and "  ... and 10 more network(s)" in out
+    assert len(out) < 70
+    every = vnetfw("apply", "--dry-run", "--verbose", str(d), *common).stdout.splitlines()
+    assert len(every) == int(out[0].split()[3]) + 1
