@@ -1,0 +1,45 @@
+"""Smoke test: the benchmark code runs end to end for N=1 on one backend in a namespace.
+
+No timing is asserted (numbers are the benchmark's business, not the tests'); this only
+keeps ``python -m benchmarks`` from rotting as vnetfw's internals change.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+pytestmark = pytest.mark.netns
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None
+                                or shutil.which("iptables-nft-restore") is None,
+                                reason="needs root, iproute2 and iptables-nft")
+
+
+def test_definitions_and_per_rule_script_are_pure():
+    from benchmarks import netdefs
+    from benchmarks.control import render
+    from benchmarks.perrule import iptables_commands
+
+    nets = netdefs.load(netdefs.xmls("mixed", 6))
+    assert [n.name for n in nets] == [f"n{i:05d}" for i in range(6)]
+    texts, rules = render("iptables-nft", nets)
+    cmds = iptables_commands(texts[4], "iptables-nft")
+    assert rules > 0 and cmds and all(c.startswith("iptables-nft -w -t ") for c in cmds)
+
+
+@needs_root
+def test_control_case_runs_for_one_network(tmp_path):
+    from benchmarks import report
+    from benchmarks.control import PerRuleBudget, measure_case
+
+    case = measure_case(tmp_path, "iptables-nft", "nat", 1, runs=1, repeats=1,
+                        budget=PerRuleBudget(30.0), log=lambda _msg: None)
+    data = case.to_json()
+    for key in ("floor", "cli_apply", "lib_apply", "per_rule", "cli_reapply", "lib_add1",
+                "cli_rm1", "lib_rm_all"):
+        assert data["median_s"].get(key) is not None, key
+    text = report.render_all({"meta": {}, "control": {"cases": [data]}}, markdown=True)
+    assert "| iptables-nft | nat | 1 |" in text
