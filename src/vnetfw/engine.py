@@ -141,12 +141,29 @@ class Engine:
                 and state.prefix == profile.prefix and networks == state.networks
                 and backend.generation() == state.generation)
 
+    def _last(self, state: State, backend: Backend,
+              profile: Profile) -> tuple[Generation, Ruleset] | None:
+        """What vnetfw last committed with this backend and prefix, and at which generation."""
+        if state.generation is None or state.backend != backend.name \
+                or state.prefix != profile.prefix:
+            return None
+        return state.generation, plan(state.networks.values(), profile)
+
     def _sync(self, backend: Backend, desired: Ruleset | None, scope: Scope, dry_run: bool,
-              report: Report, prefix: str | None = None) -> Generation | None:
+              report: Report, prefix: str | None = None,
+              last: tuple[Generation, Ruleset] | None = None) -> Generation | None:
         """Read, diff, commit. Returns the nf_tables generation the live firewall verifiably
-        matches ``desired`` at (None: unknown, or no generation on this backend)."""
+        matches ``desired`` at (None: unknown, or no generation on this backend).
+
+        ``last``: vnetfw's previous commit and its generation. If the generation has not
+        moved since, the live state is that commit's, and a backend that can (nftables)
+        computes the change from it without reading the firewall."""
         g0 = backend.generation()           # before the readback the diff is computed from
-        live = backend.read()
+        live = None
+        if last is not None and g0 is not None and g0 == last[0]:
+            live = backend.assumed_live(last[1])
+        if live is None:
+            live = backend.read()
         cs = backend.changes(live, desired, scope, prefix=prefix)
         report.changes += cs.items
         if cs.empty or dry_run:
@@ -264,7 +281,8 @@ class Engine:
                                      "bridge or device; vnetfw does not firewall it (no rules)")
             if self._untouched(state, b, prof, merged):
                 return rep                                  # nothing to do, nothing read
-            gen = self._sync(b, plan(merged.values(), prof), "full", dry_run, rep)
+            gen = self._sync(b, plan(merged.values(), prof), "full", dry_run, rep,
+                             last=self._last(state, b, prof))
             if self._switch_away(state, b, prof, dry_run, rep):
                 gen = None
             if not dry_run:
@@ -287,7 +305,8 @@ class Engine:
             prof = self.profile_for(state)
             kept = {k: v for k, v in state.networks.items() if k not in names}
             rep = Report("remove", b.name, networks=sorted(names))
-            gen = self._sync(b, plan(kept.values(), prof), "full", dry_run, rep)
+            gen = self._sync(b, plan(kept.values(), prof), "full", dry_run, rep,
+                             last=self._last(state, b, prof))
             if self._switch_away(state, b, prof, dry_run, rep):
                 gen = None
             if not dry_run:

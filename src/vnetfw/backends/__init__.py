@@ -98,6 +98,12 @@ class Backend:
         """None if usable here, else why not (missing command, kernel refuses)."""
         return None
 
+    def assumed_live(self, desired: Ruleset) -> Any:
+        """The state ``read()`` would return right after ``desired`` was committed, or None
+        if this backend cannot stand in for a readback (iptables: its rollback needs the
+        real ``iptables-save`` text of the tables it changes)."""
+        return None
+
     def generation(self) -> "Generation | None":
         """The namespace's nf_tables generation, if this backend writes through nf_tables
         (nftables, iptables-nft); None otherwise (iptables-legacy) or if unknown."""

@@ -156,6 +156,8 @@ def parse_rule(rule: dict, family: Family, table: str, suffix: str,
     Order of the matches does not matter (``render_rule``'s order is one of many that mean
     the same); any expression, flag, comment or value we never write makes it ``Foreign``.
     """
+    if isinstance(rule, Rule):
+        return rule      # NftablesBackend.assumed_live: a rule vnetfw itself committed
     if set(rule) - {"family", "table", "chain", "handle", "expr"}:
         return Foreign(rule_text(rule))          # a comment, say: not ours
     exprs = rule.get("expr") or []

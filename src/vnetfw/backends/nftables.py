@@ -220,6 +220,14 @@ def _parse_elem(map_name: str, raw: Any) -> tuple[Key, Any] | None:
     return key, ("other", json.dumps(v, sort_keys=True) + (" (decorated)" if decorated else ""))
 
 
+def _key_json(key: Key) -> Any:
+    """A map key as ``nft -j`` lists it (the inverse of ``_parse_elem``'s key reading)."""
+    if key[0] in (4, 6):
+        return {"concat": [f"ipv{key[0]}", key[1]]}
+    net = ipaddress.ip_network(key[1])
+    return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
+
+
 def _desired_key(stage: Stage, r: Rule) -> Key:
     value = getattr(r, stage.key)
     if value is None:
@@ -345,6 +353,32 @@ class NftablesBackend(Backend):
                     t.admin_text[name] = self.runner.run(
                         [self.nft, "list", "chain", NFT_FAMILY, t.name, name])
         return live
+
+    def assumed_live(self, desired: Ruleset) -> NftLive:
+        """The live state right after ``desired`` was committed, without reading it: valid
+        while the nf_tables generation proves that nothing changed since (the engine checks
+        that). Lets adding or removing one network cost what changed instead of a listing
+        of every network (``nft -j list`` of 1,000 networks: ~1.5 s with parsing). Safe
+        because a transaction needs no rollback snapshot; admin chains' rules are unknown
+        here, and nothing below ever touches them."""
+        want = self.effective(desired)
+        t = LiveTable(table_name(desired.prefix))
+        for name in ADMIN_CHAINS:
+            t.chains[name] = LiveChain(name, 0, {})
+        for b in BASE_CHAINS:
+            t.chains[b.name] = LiveChain(b.name, 0, dict(b.spec), [{"expr": e} for _, e in b.rules])
+        for m in MAPS:
+            t.sets[m.name] = LiveSet(m.name, 0, "map", dict(m.spec))
+        seen: set[tuple[str, Key]] = set()
+        for r in want.rules:
+            stage = STAGE_BY_SUFFIX[(r.table, r.chain)]
+            cname = stage.chain_name(r.family, r.network)
+            t.chains.setdefault(cname, LiveChain(cname, 0, {})).rules.append(r)  # type: ignore[arg-type]
+            mname, key = stage.map_name(r.family), _desired_key(stage, r)
+            if (mname, key) not in seen:
+                seen.add((mname, key))
+                t.sets[mname].elems.append([_key_json(key), {"jump": {"target": cname}}])
+        return NftLive({t.name: t})
 
     def effective(self, desired: Ruleset) -> Ruleset:
         """The part of ``desired`` nftables implements: without the optional CHECKSUM
