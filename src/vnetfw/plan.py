@@ -26,6 +26,7 @@ Profiles:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -65,8 +66,15 @@ def plan(networks: Iterable[Network], profile: Profile) -> Ruleset:
     return Ruleset.canonical(profile.prefix, rules)
 
 
-def network_rules(net: Network, profile: Profile) -> list[Rule]:
-    """The rules of one network, in libvirt's order within each chain."""
+@functools.lru_cache(maxsize=16384)
+def network_rules(net: Network, profile: Profile) -> tuple[Rule, ...]:
+    """The rules of one network, in libvirt's order within each chain. Pure, so cached: an
+    apply plans the networks before and after the change, and all but the changed ones
+    are the same objects."""
+    return tuple(_network_rules(net, profile))
+
+
+def _network_rules(net: Network, profile: Profile) -> list[Rule]:
     if not net.mode.firewalled:
         return []       # open and the host-bridge modes: no rules at all
     out: list[Rule] = []
