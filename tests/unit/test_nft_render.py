@@ -198,7 +198,7 @@ def test_render_rule(rule, text):
 
 
 @pytest.mark.parametrize("rule", [
-    R("PRT", "CHECKSUM", table="mangle", oif="virbr0", proto="udp", dport=68, optional=True),
+    R("PRT", "CHECKSUM", table="mangle", oif="virbr0", proto="udp", dport=68),
     R("PRT", "SNAT", table="nat", family=6, src="fd00::/64", to_source="fd01::1"),
     R("PRT", "MASQUERADE", table="nat", src="10.0.0.0/24", to_ports=(1, 2)),   # no protocol
 ])

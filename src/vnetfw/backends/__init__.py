@@ -18,7 +18,7 @@ Every backend offers the same small contract, so the engine never knows which on
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from ..errors import BackendError
 from ..ruleset import Family, Ruleset
@@ -33,10 +33,10 @@ IPTABLES_FLAVOURS = ("iptables-nft", "iptables-legacy", "iptables")
 BACKENDS = IPTABLES_FLAVOURS + ("nftables",)
 
 
-@dataclass(frozen=True)
-class Change:
+class Change(NamedTuple):
     """One human-readable change: ``what`` is a verb (create, add, delete, insert, move...),
-    ``where`` the family/table/chain, ``detail`` the rule or object in plain words."""
+    ``where`` the family/table/chain, ``detail`` the rule or object in plain words. (A
+    NamedTuple: an apply of 1,000 networks reports 25,000 of them.)"""
 
     family: Family | None
     what: str

@@ -228,9 +228,8 @@ def parse_rule(args: str, family: Family, table: str, suffix: str) -> Rule | For
         return Foreign(args)
     if verdict is None or not network:
         return Foreign(args)
-    optional = verdict == CHECKSUM
     return Rule(family=family, table=table, chain=suffix, network=network, verdict=verdict,
-                optional=optional, **kw)
+                **kw)
 
 
 def _is_jump(args: str, target: str) -> bool:
