@@ -362,6 +362,11 @@ def _rule_edits(live: list[str], want: list[Rule], chain: str, fam: Family, tabl
         return []
     lines: list[str] = []
     where = f"{table} {chain}"
+    if not live:        # an empty chain: append everything, no diff to compute
+        for r, text in zip(want, want_text):
+            lines.append(f"-A {chain} {text}")
+            items.append(Change(fam, "add", where, "rule " + r.describe(), r.network))
+        return lines
     sm = difflib.SequenceMatcher(None, live, want_text, autojunk=False)
     pos = 0
     for tag, i1, i2, j1, j2 in sm.get_opcodes():

@@ -672,6 +672,10 @@ def _foreign_objects(t: LiveTable) -> list[str]:
 
 def _diff_items(cur: list[Rule | Foreign], want: list[Rule], fam: Family, where: str,
                 net: str, items: _Items) -> None:
+    if not cur:         # a new chain: no diff to compute (most of an apply from empty)
+        for r in want:
+            items.add(Change(fam, "add", where, "rule " + r.describe(), net))
+        return
     sm = difflib.SequenceMatcher(None, cur, want, autojunk=False)
     for tag, i1, i2, j1, j2 in sm.get_opcodes():
         if tag == "equal":
