@@ -18,8 +18,9 @@ import sys
 import time
 from pathlib import Path
 
+from vnetfw.lab.netns import cleanup_on_signals
+
 from . import report
-from .ns import signals_to_exit
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -130,7 +131,7 @@ def main(argv=None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out_path = a.out or RESULTS / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
 
-    with signals_to_exit():
+    with cleanup_on_signals():
         if "control" in sections:
             sets = a.sets or (["nat"] if quick else ["nat", "mixed"])
             repeats = a.repeats or (1 if quick else 2)

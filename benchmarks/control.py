@@ -33,8 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from vnetfw.lab.netns import Netns
+
 from . import netdefs
-from .ns import Netns
+from .ns import TIMEOUT, new_netns
 from .perrule import iptables_commands, nft_commands, run_script
 
 class Timing(NamedTuple):
@@ -85,7 +87,7 @@ def available_backends(wanted: list[str] | None = None) -> tuple[list[str], dict
         except Exception as e:  # noqa: BLE001 - report any reason
             why = str(e)
         if why is None:
-            with Netns.create("probe") as ns:       # the kernel must accept it in a namespace
+            with new_netns("probe") as ns:       # the kernel must accept it in a namespace
                 why = _probe(ns, b)
         if why is None:
             ok.append(b)
@@ -96,9 +98,10 @@ def available_backends(wanted: list[str] | None = None) -> tuple[list[str], dict
 
 def _probe(ns: Netns, backend: str) -> str | None:
     if backend == "nftables":
-        p = ns.run_setns(["nft", "add", "table", "inet", "vnbprobe"], check=False)
+        p = ns.run_process("nft", "add", "table", "inet", "vnbprobe", timeout=TIMEOUT,
+                           check=False, setns=True)
     else:
-        p = ns.run_setns([backend, "-w", "-S"], check=False)
+        p = ns.run_process(backend, "-w", "-S", timeout=TIMEOUT, check=False, setns=True)
     return None if p.returncode == 0 else (p.stderr.strip() or f"exit {p.returncode}")
 
 
@@ -202,7 +205,7 @@ def load_floor(ns: Netns, backend: str, texts: dict) -> Timing:
     t0 = _now()
     for fam, text in texts.items():
         if text:
-            ns.run_setns(floor_argv(backend, fam), stdin=text)
+            ns.run_process(*floor_argv(backend, fam), stdin=text, timeout=TIMEOUT, setns=True)
     return since(t0)
 
 
@@ -228,7 +231,7 @@ def raw_read(ns: Netns, backend: str) -> Timing:
     """The readback processes alone, no parsing: the floor of any command that reads."""
     t0 = _now()
     for argv in read_argvs(backend):
-        ns.run_setns(argv)
+        ns.run_process(*argv, timeout=TIMEOUT, setns=True)
     return since(t0)
 
 
@@ -260,9 +263,10 @@ def raw_incremental(ns: Netns, ws: "Workspace", backend: str,
 def per_rule_commands(backend: str, texts: dict) -> list[str]:
     if backend == "nftables":
         import json
-        with Netns.create("scratch") as s:
-            s.run_setns(["nft", "-f", "-"], stdin=texts[0])
-            listing = json.loads(s.run_setns(["nft", "-j", "list", "ruleset"]).stdout)
+        with new_netns("scratch") as s:
+            s.run_process("nft", "-f", "-", stdin=texts[0], timeout=TIMEOUT, setns=True)
+            listing = json.loads(s.run_process("nft", "-j", "list", "ruleset",
+                                               timeout=TIMEOUT, setns=True).stdout)
         return nft_commands(listing)
     cmds = []
     for fam, text in texts.items():
@@ -325,7 +329,7 @@ def measure_case(root: Path, backend: str, set_name: str, n: int, runs: int, rep
 
     for r in range(runs):
         # A: CLI from empty, then unchanged re-apply, incremental, remove all (library)
-        with Netns.create("cp") as ns:
+        with new_netns("cp") as ns:
             st = ws.state_dir()
             case.add("cli_apply", cli(ns, ws, st, backend, "apply", str(ws.dir)))
             if r == 0:
@@ -366,13 +370,13 @@ def measure_case(root: Path, backend: str, set_name: str, n: int, runs: int, rep
             dt, _ = lib_call(lambda: engine(ns, ws, st, backend).remove(names))
             case.add("lib_rm_all", dt)
         # B: library from empty, then CLI remove all
-        with Netns.create("cp") as ns:
+        with new_netns("cp") as ns:
             st = ws.state_dir()
             dt, _ = lib_call(lambda: engine(ns, ws, st, backend).apply(ws.nets))
             case.add("lib_apply", dt)
             case.add("cli_rm_all", cli(ns, ws, st, backend, "remove", *names))
         # C: the floor
-        with Netns.create("fl") as ns:
+        with new_netns("fl") as ns:
             case.add("floor", load_floor(ns, backend, texts))
 
     # D: one process per rule (a run predicted over the limit is not started)
@@ -387,7 +391,7 @@ def measure_case(root: Path, backend: str, set_name: str, n: int, runs: int, rep
     else:
         pr_runs = max(1, min(runs, 3)) if (pred or 0) < 5 else 1
         for _ in range(pr_runs):
-            with Netns.create("pr") as ns:
+            with new_netns("pr") as ns:
                 t0 = _now()
                 _, done, _ = run_script(ns, cmds, budget.limit)
                 dt = since(t0)

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from . import netdefs
-from .ns import Netns
+from .ns import new_netns
 
 UP_ADDR = "203.0.113.2"
 H_UP = "203.0.113.1"
@@ -46,9 +46,9 @@ DEFAULT_LAYOUTS = ("no-rules", "nftables", "iptables-nft", "libvirt-linear")
 
 class Topology:
     def __init__(self) -> None:
-        self.g = Netns.create("dg")
-        self.h = Netns.create("dh")
-        self.u = Netns.create("du")
+        self.g = new_netns("dg")
+        self.h = new_netns("dh")
+        self.u = new_netns("du")
         self.server: subprocess.Popen | None = None
         try:
             self._build()
@@ -73,12 +73,12 @@ class Topology:
         # The route back is only used by the no-rules layout (the others masquerade).
         u.ip_batch([f"addr add {UP_ADDR}/24 dev eth0", "link set eth0 up",
                     f"route add 10.255.0.0/24 via {H_UP}"])
-        h.sysctl("net.ipv4.ip_forward=1")
+        h.sysctl({"net.ipv4.ip_forward": 1})
         self.server = subprocess.Popen(u.argv("iperf3", "-s", "-p", "5201"),
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            if ":5201" in u.run("ss", "-ltn").stdout:
+            if ":5201" in u.run("ss", "-ltn"):
                 break
             time.sleep(0.05)
         else:
@@ -92,15 +92,15 @@ class Topology:
 
     def reachable(self) -> bool:
         """A tiny iperf3 transfer (1 KiB) from the guest: no ping needed."""
-        p = self.g.run("iperf3", "-c", UP_ADDR, "-p", "5201", "-n", "1K", "--connect-timeout",
-                       "2000", timeout=20, check=False)
+        p = self.g.run_process("iperf3", "-c", UP_ADDR, "-p", "5201", "-n", "1K",
+                               "--connect-timeout", "2000", timeout=20, check=False)
         return p.returncode == 0
 
     def iperf(self, seconds: float, udp: bool) -> dict:
         argv = ["iperf3", "-c", UP_ADDR, "-p", "5201", "-J", "-t", str(int(seconds))]
         if udp:
             argv += ["-u", "-b", "0", "-l", "64"]
-        p = self.g.run(*argv, timeout=seconds + 30, check=False)
+        p = self.g.run_process(*argv, timeout=seconds + 30, check=False)
         try:
             d = json.loads(p.stdout)
         except json.JSONDecodeError:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from . import netdefs
 from .control import Workspace, cli
-from .ns import Netns
+from .ns import new_netns
 
 PEER = Path(__file__).resolve().parent.parent.parent / "shared" / "tools" / "libvirt-peer.sh"
 
@@ -135,7 +135,7 @@ def run(sizes: list[int], log) -> dict:
             peer.virsh(*(f"net-undefine {k}" for k in names))
             # vnetfw, same definitions, same run
             ws = Workspace(tmp / "vnetfw", "nat", n)
-            with Netns.create("lvv") as ns:
+            with new_netns("lvv") as ns:
                 st = ws.state_dir()
                 cell["vnetfw_cli_apply_s"] = cli(ns, ws, st, "iptables-nft", "apply",
                                                  str(ws.dir)).wall

@@ -19,7 +19,7 @@ import shlex
 import tempfile
 import time
 
-from .ns import Netns
+from vnetfw.lab.netns import Netns
 
 
 def iptables_commands(restore_text: str, binary: str) -> list[str]:
@@ -79,8 +79,8 @@ def run_script(ns: Netns, cmds: list[str], limit: float) -> tuple[float, bool, i
         f.write("set -e\n" + "\n".join(cmds) + "\n")
         f.flush()
         t0 = time.perf_counter()
-        p = ns.run("timeout", "-s", "KILL", f"{limit:.1f}", "sh", f.name, timeout=limit + 30,
-                   check=False)
+        p = ns.run_process("timeout", "-s", "KILL", f"{limit:.1f}", "sh", f.name,
+                           timeout=limit + 30, check=False)
         dt = time.perf_counter() - t0
     if p.returncode in (124, 137, -9):
         return dt, False, len(cmds)

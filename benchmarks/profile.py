@@ -21,9 +21,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from vnetfw.lab.netns import Netns
+
 from . import netdefs
 from .control import Workspace, engine
-from .ns import Netns
+from .ns import new_netns
 
 REPO = Path(__file__).resolve().parent.parent
 PHASE_ORDER = ["interpreter start", "imports", "load definitions", "state load", "validation",
@@ -71,7 +73,7 @@ def phase_breakdown(backend: str, n: int, runs: int, log) -> dict:
         ws = Workspace(tmp, "nat", n)
         acc: dict[str, list] = {}
         for _ in range(runs):
-            with Netns.create("pf") as ns:
+            with new_netns("pf") as ns:
                 st = ws.state_dir()
                 acc.setdefault("apply from empty", []).append(
                     _phases_cli(ns, ws, st, backend, ["apply", str(ws.dir)], tmp))
@@ -94,7 +96,7 @@ def cprofile_library(backend: str, n: int, top: int = 15) -> dict:
     out = {}
     with tempfile.TemporaryDirectory(prefix="vnbench-cprof-") as tmp:
         ws = Workspace(Path(tmp), "nat", n)
-        with Netns.create("cpf") as ns:
+        with new_netns("cpf") as ns:
             st = ws.state_dir()
             for scen in ("apply from empty", "re-apply unchanged"):
                 e = engine(ns, ws, st, backend)
@@ -132,7 +134,7 @@ def pyspy(backend: str, n: int, log) -> dict:
     results.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="vnbench-spy-") as tmp:
         ws = Workspace(Path(tmp), "nat", n)
-        with Netns.create("spy") as ns:
+        with new_netns("spy") as ns:
             st = ws.state_dir()
             for scen, args in (("apply-from-empty", ["apply", str(ws.dir)]),
                                ("re-apply-unchanged", ["apply", str(ws.dir)])):

@@ -12,8 +12,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from vnetfw.lab.netns import Netns
+
 from . import netdefs
-from .ns import Netns
+from .ns import new_netns
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -66,7 +68,7 @@ def run_startup(backends: list[str], runs: int, log) -> dict:
         hooks = Path(tmp) / "hooks"
         hooks.mkdir()
         for b in backends:
-            with Netns.create("st") as ns:
+            with new_netns("st") as ns:
                 st = Path(tmp) / f"state-{b}"
                 common = ["--netns", ns.name, "--state-dir", str(st), "--hooks-dir", str(hooks)]
                 subprocess.run([sys.executable, "-m", "vnetfw", *common, "--backend", b, "apply",
@@ -95,7 +97,8 @@ def _peak_of(ns: Netns, argv: list[str], stdin: str | None = None) -> float | No
     if gtime is None:
         return None
     with tempfile.NamedTemporaryFile("r", suffix=".time") as f:
-        ns.run_setns([gtime, "-f", "%M", "-o", f.name, *argv], stdin=stdin, timeout=900)
+        ns.run_process(gtime, "-f", "%M", "-o", f.name, *argv, stdin=stdin, timeout=900,
+                       setns=True)
         return int(f.read().split()[-1]) / 1024
 
 
@@ -127,7 +130,7 @@ def run_memory(backends: list[str], plan_sizes: list[int], apply_sizes: list[int
             d = netdefs.write_dir(Path(tmp) / f"defs{n}", defs)
             nets = None
             for b in backends:
-                with Netns.create("mem") as ns:
+                with new_netns("mem") as ns:
                     res_path = Path(tmp) / f"res-{b}-{n}.json"
                     args = ["--netns", ns.name, "--state-dir", str(Path(tmp) / f"st-{b}-{n}"),
                             "--hooks-dir", str(Path(tmp) / "hooks"), "--backend", b, "apply",
@@ -151,7 +154,7 @@ def run_memory(backends: list[str], plan_sizes: list[int], apply_sizes: list[int
                     nets = netdefs.load(defs)
                 texts, _ = render(b, nets)
                 commit = 0.0
-                with Netns.create("mem") as ns:
+                with new_netns("mem") as ns:
                     for fam, text in texts.items():
                         commit = max(commit, _peak_of(ns, floor_argv(b, fam), text) or 0.0)
                 kids = max(commit, readback or 0.0) if readback is not None else None

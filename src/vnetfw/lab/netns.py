@@ -2,22 +2,28 @@
 
 Contract:
 - ``Netns.create(name)`` makes a fresh namespace and registers it for cleanup;
-  ``Netns.delete()`` removes it. Every namespace still registered is deleted at interpreter
-  exit (atexit), and ``cleanup_on_signals()`` turns SIGTERM/SIGHUP into ``SystemExit`` so
-  ``with`` blocks and ``finally`` clauses run on those signals too (SIGINT already raises
-  ``KeyboardInterrupt``).
-- Every command run "in" a namespace (``run``, ``popen``, ``ip``) first passes ``guard``:
-  the target must be a real network-namespace file (nsfs) and must be neither the namespace
-  this process started in nor the one it is in now. Otherwise ``GuardError`` is raised and
-  nothing runs. Commands are argv lists; nothing goes through a shell.
+  ``Netns.delete()`` (or leaving a ``with Netns.create(...)`` block) removes it. Every
+  namespace still registered is deleted at interpreter exit (atexit), and
+  ``cleanup_on_signals()`` turns SIGTERM/SIGHUP into ``SystemExit`` so ``with`` blocks and
+  ``finally`` clauses run on those signals too (SIGINT already raises ``KeyboardInterrupt``).
+- Every command run "in" a namespace (``run``, ``run_process``, ``popen``, ``ip``) first
+  passes ``guard``: the target must be a real network-namespace file (nsfs) and must be
+  neither the namespace this process started in nor the one it is in now. Otherwise
+  ``GuardError`` is raised and nothing runs. Commands are argv lists; nothing goes through a
+  shell.
 
 ``ip -n NS ...`` is used for iproute2 work (no extra process, no /sys remount); other
-programs run under ``ip netns exec NS`` so that /sys and /proc/sys show that namespace.
+programs run under ``ip netns exec NS`` so that /sys and /proc/sys show that namespace, or,
+with ``run_process(..., setns=True)``, enter it with setns(2) in the child between fork and
+exec, as vnetfw's own Runner does (no extra process; only the network namespace changes).
 """
 
 from __future__ import annotations
 
 import atexit
+import ctypes
+import ctypes.util
+import functools
 import os
 import signal
 import subprocess
@@ -28,6 +34,7 @@ from ..errors import GuardError
 
 NETNS_DIR = "/run/netns"
 SELF_NS = "/proc/self/ns/net"
+CLONE_NEWNET = 0x40000000
 
 
 def ns_identity(path: str) -> tuple[int, int]:
@@ -95,6 +102,18 @@ class Netns:
             _registry.discard(self.name)
         _delete(self.name)
 
+    def __enter__(self) -> "Netns":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.delete()
+
+    @property
+    def path(self) -> str:
+        """The namespace file (``/run/netns/<name>``), after passing the guard."""
+        guard(self.name)
+        return os.path.join(NETNS_DIR, self.name)
+
     # -- running things inside -----------------------------------------------------------
     def ip(self, *args: str) -> str:
         """``ip -n NS args...``"""
@@ -116,6 +135,27 @@ class Netns:
     def run(self, *argv: str, stdin: str | None = None, timeout: float = 30.0) -> str:
         return _run(self.argv(*argv), stdin=stdin, timeout=timeout)
 
+    def run_process(self, *argv: str, stdin: str | None = None, timeout: float = 30.0,
+                    check: bool = True, setns: bool = False) -> subprocess.CompletedProcess:
+        """Like ``run`` but return the ``CompletedProcess`` (text stdout/stderr); with
+        ``check=False`` a non-zero exit is returned rather than raised. ``setns=True``: the
+        child enters the namespace with setns(2) between fork and exec (as vnetfw's Runner
+        does) instead of running under ``ip netns exec``."""
+        if not setns:
+            return _run_process(self.argv(*argv), stdin=stdin, timeout=timeout, check=check)
+        libc = _libc()                              # loaded here, not in the child
+        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+
+        def enter() -> None:                        # runs in the child only
+            if libc.setns(fd, CLONE_NEWNET) != 0:
+                os._exit(125)                       # never run the command outside it
+        try:
+            os.set_inheritable(fd, True)
+            return _run_process(list(argv), stdin=stdin, timeout=timeout, check=check,
+                                preexec_fn=enter, pass_fds=(fd,))
+        finally:
+            os.close(fd)
+
     def popen(self, *argv: str, **kwargs) -> subprocess.Popen:
         return subprocess.Popen(self.argv(*argv), **kwargs)
 
@@ -130,11 +170,22 @@ class LabError(RuntimeError):
 
 
 def _run(argv: list[str], stdin: str | None = None, timeout: float = 30.0) -> str:
-    p = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout)
-    if p.returncode != 0:
+    return _run_process(argv, stdin=stdin, timeout=timeout).stdout
+
+
+def _run_process(argv: list[str], stdin: str | None = None, timeout: float = 30.0,
+                 check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    p = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout,
+                       **kwargs)
+    if check and p.returncode != 0:
         raise LabError(f"{' '.join(argv[:6])}... failed ({p.returncode}): "
                            f"{p.stderr.strip() or p.stdout.strip()}")
-    return p.stdout
+    return p
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
 def _delete(name: str) -> None:
