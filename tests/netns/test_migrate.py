@@ -35,7 +35,7 @@ from vnetfw.sources.toml import parse_toml
 pytestmark = pytest.mark.netns
 FLAVOURS = ["iptables-nft", "iptables-legacy"]
 
-NETS = parse_toml("""
+NETS_TOML = """
 [[network]]
 name = "default"
 bridge = "virbr0"
@@ -48,7 +48,8 @@ bridge = "virbr1"
 mode = "nat"
 ip = [{ address = "192.168.100.1", prefix = 24, dhcp = true },
       { address = "2001:db8:ca2:2::1", prefix = 64 }]
-""", "nets.toml")
+"""
+NETS = parse_toml(NETS_TOML, "nets.toml")
 DEFAULT, SECOND = NETS
 
 
@@ -207,20 +208,7 @@ def vnetfw(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 @pytest.fixture
 def nets_file(tmp_path):
     p = tmp_path / "nets.toml"
-    p.write_text("""
-[[network]]
-name = "default"
-bridge = "virbr0"
-mode = "nat"
-ip = [{ address = "192.168.122.1", prefix = 24, dhcp = true }]
-
-[[network]]
-name = "second"
-bridge = "virbr1"
-mode = "nat"
-ip = [{ address = "192.168.100.1", prefix = 24, dhcp = true },
-      { address = "2001:db8:ca2:2::1", prefix = 64 }]
-""")
+    p.write_text(NETS_TOML)
     return str(p)
 
 

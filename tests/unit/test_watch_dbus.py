@@ -16,6 +16,8 @@ import threading
 import time
 
 import pytest
+
+from tests.netns.test_firewalld import BUS_CONF   # one private-bus config for both
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,21 +25,6 @@ from vnetfw.watch_dbus import (METHOD_CALL, NO_AUTO_START, SIGNAL, Bus, DBusErro
                                Variant, decode_message, encode_message, marshal_body,
                                message_length, parse_address, split_signature, unmarshal_body)
 
-BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <listen>unix:path={path}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/><allow own="*"/>
-    <allow send_type="method_call"/><allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/><allow receive_type="method_return"/>
-    <allow receive_type="error"/><allow receive_type="signal"/>
-  </policy>
-</busconfig>
-"""
 
 
 # -- wire format ---------------------------------------------------------------------------
@@ -133,7 +120,7 @@ def private_bus(tmp_path):
         pytest.skip("dbus-daemon is not installed")
     sock = tmp_path / "bus"
     conf = tmp_path / "bus.conf"
-    conf.write_text(BUS_CONF.format(path=sock))
+    conf.write_text(BUS_CONF.format(path=sock, servicedir=""))
     p = subprocess.Popen(["dbus-daemon", f"--config-file={conf}", "--nofork", "--print-address"],
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
