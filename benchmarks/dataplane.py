@@ -161,10 +161,8 @@ def run(layouts: list[str], sizes: list[int], runs: int, seconds: float, log) ->
                     nets = netdefs.load({**netdefs.xmls("nat", n - 1),
                                          netdefs.PROBE_NAME: netdefs.probe_xml()}) if n else []
                     if backend:
-                        t0 = time.perf_counter()
                         Engine(backend=backend, profile=profile, netns=topo.h.name,
                                state_dir=state, hooks_dir=hooks).apply(nets)
-                        applied = time.perf_counter() - t0
                         if not topo.reachable():
                             raise RuntimeError(f"{layout} N={n}: guest cannot reach upstream")
                     tcp, udp = [], []

@@ -23,7 +23,6 @@ from pathlib import Path
 
 from vnetfw.lab.netns import Netns
 
-from . import netdefs
 from .control import Workspace, engine
 from .ns import new_netns
 

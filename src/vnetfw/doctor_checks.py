@@ -608,7 +608,7 @@ def check_bridges(facts: Facts) -> list[Finding]:
                 f"{link.kind or 'plain'} device, not a bridge.",
                 "Guests cannot be attached to it, and its rules now apply to whatever this "
                 "device is.",
-                f"Rename or remove that device, or change the network's bridge name.",
+                "Rename or remove that device, or change the network's bridge name.",
                 networks=(n.name,)))
         elif not link.up:
             out.append(Finding(

@@ -26,7 +26,7 @@ MIXED = list(load_paths([Path(__file__).resolve().parent.parent / "fixtures" / "
 
 
 def steps():
-    first, rest = MIXED[0], MIXED[1:]
+    rest = MIXED[1:]
     changed = replace(rest[0], nat=replace(rest[0].nat, port_start=2000, port_end=3000))
     return {
         "nothing": rest,
