@@ -48,6 +48,8 @@ network whose bridge does not exist yet can be applied.
 
 from __future__ import annotations
 
+import functools
+
 import re
 from dataclasses import dataclass
 from string import ascii_letters, digits
@@ -91,6 +93,7 @@ def is_vnetfw_table(name: str) -> bool:
 _KEEP = frozenset(ascii_letters + digits + ".-")
 
 
+@functools.lru_cache(maxsize=65536)
 def encode_name(name: str) -> str:
     out = []
     for c in name:
@@ -103,6 +106,7 @@ def encode_name(name: str) -> str:
     return "".join(out)
 
 
+@functools.lru_cache(maxsize=65536)
 def decode_name(text: str) -> str | None:
     """Inverse of ``encode_name``; None if ``text`` is not an encoding we produce."""
     out = []
@@ -167,6 +171,7 @@ STAGE_BY_NAME = {s.name: s for s in STAGES}
 _NET_CHAIN = re.compile(r"^(inp|out|fwx|fwi|fwo|nat)([46])-(.+)$")
 
 
+@functools.lru_cache(maxsize=65536)
 def parse_chain_name(name: str) -> tuple[Stage, Family, str] | None:
     """``fwo4-my.net`` -> (fwo stage, 4, "my.net"); None for any other name."""
     m = _NET_CHAIN.match(name)

@@ -39,7 +39,7 @@ import difflib
 import ipaddress
 import json
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import BackendError
 from ..ruleset import CHECKSUM, Family, Rule, Ruleset
@@ -181,9 +181,18 @@ def _key_text(map_name: str, key: Key) -> str:
     return f"{key[1]}-{key[2]}"
 
 
+class _Known(NamedTuple):
+    """An element ``assumed_live`` puts in a map: already in parsed form."""
+
+    key: Key
+    value: tuple[str, str]
+
+
 def _parse_elem(map_name: str, raw: Any) -> tuple[Key, Any] | None:
     """One live element ``[key, value]`` -> (normalised key, value); value is ``("jump",
     chain)`` for what we write, anything else for what we would not. None: unreadable."""
+    if isinstance(raw, _Known):
+        return raw.key, raw.value
     try:
         k, v = raw
     except (TypeError, ValueError):
@@ -218,14 +227,6 @@ def _parse_elem(map_name: str, raw: Any) -> tuple[Key, Any] | None:
             and isinstance(v["jump"], dict) and set(v["jump"]) == {"target"}:
         return key, ("jump", v["jump"]["target"])
     return key, ("other", json.dumps(v, sort_keys=True) + (" (decorated)" if decorated else ""))
-
-
-def _key_json(key: Key) -> Any:
-    """A map key as ``nft -j`` lists it (the inverse of ``_parse_elem``'s key reading)."""
-    if key[0] in (4, 6):
-        return {"concat": [f"ipv{key[0]}", key[1]]}
-    net = ipaddress.ip_network(key[1])
-    return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
 
 
 def _desired_key(stage: Stage, r: Rule) -> Key:
@@ -377,7 +378,7 @@ class NftablesBackend(Backend):
             mname, key = stage.map_name(r.family), _desired_key(stage, r)
             if (mname, key) not in seen:
                 seen.add((mname, key))
-                t.sets[mname].elems.append([_key_json(key), {"jump": {"target": cname}}])
+                t.sets[mname].elems.append(_Known(key, ("jump", cname)))
         return NftLive({t.name: t})
 
     def effective(self, desired: Ruleset) -> Ruleset:
