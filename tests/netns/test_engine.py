@@ -314,3 +314,20 @@ def test_legacy_has_no_generation_and_always_reads(netns, tmp_path):
     assert eng.store.load().generation is None
     nsrun(netns, "iptables-legacy", "-F", "VNETFW_FWI")
     assert eng.check() != []
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_teardown_removes_every_plain_jump_into_our_chains(netns, flavour, tmp_path):
+    """setup counts a plain jump to a vnetfw chain as its own whatever its comment, so
+    teardown must remove it too (else the chain cannot be deleted and teardown fails)."""
+    admin_rules(netns, flavour)
+    before = save(netns, flavour)
+    eng = engine(netns, flavour, tmp_path)
+    eng.apply(NETS)
+    ipt = "iptables" + flavour.removeprefix("iptables")
+    nsrun(netns, ipt, "-D", "INPUT", "-m", "comment", "--comment", "vnetfw", "-j", "VNETFW_INP")
+    nsrun(netns, ipt, "-I", "INPUT", "1", "-m", "comment", "--comment", "re-added by hand",
+          "-j", "VNETFW_INP")
+    assert not eng.setup().changed          # it is accepted as the jump...
+    eng.teardown()                          # ... and removed with the chain
+    assert save(netns, flavour) == before

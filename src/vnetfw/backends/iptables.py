@@ -232,15 +232,6 @@ def parse_rule(args: str, family: Family, table: str, suffix: str) -> Rule | For
                 **kw)
 
 
-def _is_jump(args: str, target: str) -> bool:
-    """A plain jump to ``target`` (optionally with our comment): the kind setup manages.
-    A jump with other matches (say an admin's ``-i eth0 -j VNETFW_FWX``) is not ours."""
-    if not args.endswith(f"-j {target}"):
-        return False
-    tok = shlex.split(args)
-    return tok in (["-j", target], ["-m", "comment", "--comment", JUMP_COMMENT, "-j", target])
-
-
 def _jump_args(target: str) -> str:
     return f"{_comment(JUMP_COMMENT)} -j {target}"
 
@@ -349,6 +340,13 @@ def _jump_edits(live_rules: list[str], builtin: str, targets: list[str],
         lines.append(f"-I {builtin} {pos + 1} {_jump_args(t)}")
         items.append(Change(fam, "insert", where, f"jump to {t} at position {pos + 1}"))
     return lines
+
+
+def forward_jumps_in_order(forward_rules: list[str], prefix: str) -> bool:
+    """Would setup leave FORWARD as it is? (Our three jumps once each, in stage order,
+    also across another layout's staged jumps.) For vnetfw doctor."""
+    return not _jump_edits(forward_rules, "FORWARD",
+                           [f"{prefix}_{s}" for s in ("FWX", "FWI", "FWO")], 4, "filter", [])
 
 
 def _rule_edits(live: list[str], want: list[Rule], chain: str, fam: Family, table: str,
@@ -494,8 +492,8 @@ class IptablesBackend(Backend):
         for builtin in BUILTINS[table]:
             rules = dump.chains.get(builtin, [])
             for idx in range(len(rules) - 1, -1, -1):
-                tgt = next((t for t in ours if _is_jump(rules[idx], t)), None)
-                if tgt is not None:
+                tgt = _plain_jump_target(rules[idx])
+                if tgt in ours:
                     ed.lines.append(f"-D {builtin} {idx + 1}")
                     items.append(Change(fam, "delete", f"{table} {builtin}", f"jump to {tgt}"))
         existing = [c for c in ours if c in dump.chains]
