@@ -23,9 +23,9 @@ import shlex
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal
 
-from .backends.iptables import IptLive, TableDump
+from .backends.iptables import IptLive, TableDump, forward_jumps_in_order
 from .doctor_facts import Facts
-from .migrate import (LIBVIRT_PREFIX, chain_ref, cross_order_ok, find as find_old, our_jump,
+from .migrate import (LIBVIRT_PREFIX, chain_ref, find as find_old, our_jump,
                       libvirt_forward_active)
 from .model import Mode, Network
 
@@ -511,21 +511,22 @@ def _layout_order(facts: Facts) -> list[Finding]:
         if live is None or not libvirt_forward_active(live, fam):
             continue
         rules = live.tables[fam]["filter"].chains.get("FORWARD", [])
-        if cross_order_ok(rules, facts.prefix, LIBVIRT_PREFIX):
+        if forward_jumps_in_order(rules, facts.prefix):     # the backend's own judgement
             continue
         order = [chain_ref(a) for a in rules if (chain_ref(a) or "").startswith(
             (facts.prefix + "_FW", LIBVIRT_PREFIX + "_FW"))]
         out.append(Finding(
             f"layout-order-ipv{fam}", "problem",
             f"{_ipt(facts.flavour, fam)} FORWARD: vnetfw's and libvirt's jumps are in an "
-            f"order where one layout's outgoing stage runs before the other's incoming stage "
+            f"order where one layout's stage runs before an earlier stage of the other "
             f"({' -> '.join(order)}).",
             "FWO holds each network's 'allow out' and FWI each network's 'reject in'. With "
             "one layout's FWO ahead of the other's FWI, guests of the first layout's nat and "
             "routed networks can open connections into the other layout's networks.",
-            "vnetfw migrate --adopt PATH (with the networks vnetfw manages) puts vnetfw's "
-            "jumps around libvirt's (FWX, FWI before libvirt's FWO; FWO after libvirt's FWI); "
-            "better, take every libvirt network over so only one layout remains.",
+            "vnetfw reload (or vnetfw watch) puts vnetfw's jumps so that every cross jump "
+            "comes before every incoming one and every incoming before every outgoing one, "
+            "moving only vnetfw's; better, take every libvirt network over (vnetfw migrate "
+            "--adopt) so only one layout remains.",
             tuple(f"-A FORWARD {a}" for a in rules if chain_ref(a) in set(order))))
     return out
 

@@ -337,44 +337,6 @@ def deletion_edits(live: IptLive, deleted: Iterable[OldRule]) -> Edits:
     return ed
 
 
-# -- jump order when vnetfw's and libvirt's private chains share one FORWARD chain ---------
-
-_STAGE = {"FWX": "in", "FWI": "in", "FWO": "out"}
-
-
-def _stage(target: str | None, prefixes: tuple[str, ...]) -> tuple[str, str] | None:
-    if target is None:
-        return None
-    for p in prefixes:
-        for suffix, stage in _STAGE.items():
-            if target == f"{p}_{suffix}":
-                return p, stage
-    return None
-
-
-def stage_order_ok(rules: list[str], prefixes: tuple[str, ...]) -> bool:
-    """True when every incoming-stage jump of the given layouts precedes every outgoing one
-    (first occurrences; layouts whose jumps are absent do not count)."""
-    stages = [_stage(chain_ref(a), prefixes) for a in rules]
-    ins = [i for i, s in enumerate(stages) if s and s[1] == "in"]
-    outs = [i for i, s in enumerate(stages) if s and s[1] == "out"]
-    return not ins or not outs or max(ins) < min(outs)
-
-
-def cross_order_ok(rules: list[str], a: str, b: str) -> bool:
-    """True when each layout's incoming-stage jumps precede the *other* layout's
-    outgoing-stage jumps (first occurrences). A layout's order among its own jumps is its
-    own business (the backend repairs vnetfw's); across layouts this is what keeps one
-    layout's "allow out" from overriding the other's "reject in"."""
-    stages = [_stage(chain_ref(x), (a, b)) for x in rules]
-    for p, q in ((a, b), (b, a)):
-        ins = [i for i, s in enumerate(stages) if s == (p, "in")]
-        outs = [i for i, s in enumerate(stages) if s == (q, "out")]
-        if ins and outs and max(ins) > min(outs):
-            return False
-    return True
-
-
 def libvirt_chains_empty(after: IptLive) -> bool:
     """No rule left in any LIBVIRT_* chain of this flavour, in any family or table."""
     for tables in after.tables.values():
