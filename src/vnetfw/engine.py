@@ -142,16 +142,17 @@ class Engine:
                 and backend.generation() == state.generation)
 
     def _last(self, state: State, backend: Backend,
-              profile: Profile) -> tuple[Generation, Ruleset] | None:
+              profile: Profile) -> tuple[Generation, dict[str, Network], Profile] | None:
         """What vnetfw last committed with this backend and prefix, and at which generation."""
         if state.generation is None or state.backend != backend.name \
                 or state.prefix != profile.prefix:
             return None
-        return state.generation, plan(state.networks.values(), profile)
+        return state.generation, state.networks, profile
 
     def _sync(self, backend: Backend, desired: Ruleset | None, scope: Scope, dry_run: bool,
               report: Report, prefix: str | None = None,
-              last: tuple[Generation, Ruleset] | None = None) -> Generation | None:
+              last: tuple[Generation, dict[str, Network], Profile] | None = None
+              ) -> Generation | None:
         """Read, diff, commit. Returns the nf_tables generation the live firewall verifiably
         matches ``desired`` at (None: unknown, or no generation on this backend).
 
@@ -160,8 +161,10 @@ class Engine:
         computes the change from it without reading the firewall."""
         g0 = backend.generation()           # before the readback the diff is computed from
         live = None
-        if last is not None and g0 is not None and g0 == last[0]:
-            live = backend.assumed_live(last[1])
+        if last is not None and backend.can_assume and g0 is not None and g0 == last[0]:
+            _, networks, profile = last
+            # Planned only here, where it can be used (network_rules is cached: cheap).
+            live = backend.assumed_live(plan(networks.values(), profile))
         if live is None:
             live = backend.read()
         cs = backend.changes(live, desired, scope, prefix=prefix)

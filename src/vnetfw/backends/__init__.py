@@ -68,6 +68,7 @@ class ChangeSet:
 
 class Backend:
     name: str = "?"
+    can_assume: bool = False        # assumed_live() can stand in for read()
 
     def __init__(self, runner: Runner) -> None:
         self.runner = runner
@@ -99,9 +100,9 @@ class Backend:
         return None
 
     def assumed_live(self, desired: Ruleset) -> Any:
-        """The state ``read()`` would return right after ``desired`` was committed, or None
-        if this backend cannot stand in for a readback (iptables: its rollback needs the
-        real ``iptables-save`` text of the tables it changes)."""
+        """The state ``read()`` would return right after ``desired`` was committed; only for
+        backends with ``can_assume`` (not iptables: its rollback needs the real
+        ``iptables-save`` text of the tables it changes)."""
         return None
 
     def generation(self) -> "Generation | None":

@@ -317,6 +317,7 @@ class NftablesBackend(Backend):
     """vnetfw's ``inet`` table through ``nft -j list`` and ``nft -f -``."""
 
     name = "nftables"
+    can_assume = True           # one transaction: no rollback snapshot needed
 
     def __init__(self, runner: Runner, nft: str = "nft") -> None:
         super().__init__(runner)
