@@ -116,3 +116,33 @@ def save(ns: str, flavour: str = "iptables-nft") -> str:
         out = nsrun(ns, f"{fam}{mid}-save")
         text += f"## {fam}\n" + "\n".join(l for l in out.splitlines() if not l.startswith("#")) + "\n"
     return text
+
+
+def blocks_by_name(saved: str) -> str:
+    """``save`` output with each chain's vnetfw rules regrouped by network name (stable).
+
+    vnetfw keeps network blocks in the order they were applied and appends new or
+    re-added ones; no packet can tell two block orders apart (each block matches only its
+    own bridge or subnets). Compare with this where a repair may append a block that a
+    fresh apply would have put elsewhere. Every other line keeps its place."""
+    lines = saved.splitlines()
+    ours = [i for i, l in enumerate(lines) if l.startswith("-A ") and '"vnetfw:' in l]
+
+    # One group per run of consecutive vnetfw rules (a chain, as iptables-save prints it).
+    groups: dict[int, list[int]] = {}
+    for i in ours:
+        groups.setdefault(_run_start(lines, i), []).append(i)
+    out = list(lines)
+    for idx in groups.values():
+        ordered = sorted(idx, key=lambda i: (lines[i].split()[1],
+                                             lines[i].split('"vnetfw:')[1].split('"')[0]))
+        for dst, src in zip(idx, ordered):
+            out[dst] = lines[src]
+    return "\n".join(out) + "\n"
+
+
+def _run_start(lines: list[str], i: int) -> int:
+    chain = lines[i].split()[1]
+    while i > 0 and lines[i - 1].startswith(f"-A {chain} ") and '"vnetfw:' in lines[i - 1]:
+        i -= 1
+    return i

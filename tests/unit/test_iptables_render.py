@@ -7,12 +7,13 @@ does not fully understand into ``Foreign`` rather than guess.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from vnetfw.backends.iptables import (Foreign, IptablesBackend, IptLive, parse_rule, parse_save,
-                                      render_rule)
+from vnetfw.backends.iptables import (Foreign, IptablesBackend, IptLive, TableDump, parse_rule,
+                                      parse_save, render_rule)
 from vnetfw.backends.runner import Runner
 from vnetfw.errors import BackendError
 from vnetfw.plan import PROFILES, plan
@@ -309,3 +310,69 @@ def test_a_jump_with_extra_matches_is_the_admins_not_ours():
     after = _after(live, be.script(be.changes(live, SETUP, "setup"), 4))
     assert after["INPUT"][1:] == [f"-i eth0 {JUMP}VNETFW_INP"]   # kept, ours added on top
     assert _targets(after["INPUT"][:1]) == ["VNETFW_INP"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Network blocks: kept in the order they stand live; a new network is appended (-A only)
+
+def _nets(*names_ips):
+    from vnetfw.sources.toml import parse_toml
+    text = "".join(f'[[network]]\nname = "{n}"\nbridge = "br-{n}"\nmode = "nat"\n'
+                   f'ip = [{{ address = "{ip}", prefix = 24, dhcp = true }}]\n'
+                   for n, ip in names_ips)
+    return parse_toml(text, "t.toml")
+
+
+def _apply_edits(live: IptLive, cs) -> IptLive:
+    """What the restore would make of ``live`` (chains, -A/-I/-D by index), simulated."""
+    for fam in (4, 6):
+        for table, ed in cs.payload.get(fam, {}).items():
+            dump = live.tables[fam].setdefault(table, TableDump())
+            for c in ed.new_chains:
+                dump.chains.setdefault(c, [])
+            for line in ed.lines:
+                op, chain, rest = line.split(" ", 2)
+                rules = dump.chains.setdefault(chain, [])
+                if op == "-A":
+                    rules.append(rest)
+                elif op == "-I":
+                    pos, args = rest.split(" ", 1)
+                    rules.insert(int(pos) - 1, args)
+                elif op == "-D":
+                    del rules[int(rest) - 1]
+    return live
+
+
+def _live_of(be, rs) -> IptLive:
+    return _apply_edits(IptLive.empty(), be.changes(IptLive.empty(), rs, "full"))
+
+
+def test_a_network_sorting_first_is_appended_not_inserted():
+    be = IptablesBackend(NoRun())
+    old = _nets(("m", "10.0.1.1"), ("z", "10.0.2.1"))
+    new = _nets(("a", "10.0.3.1"))
+    live = _live_of(be, plan(old, PROFILES["default"]))
+    cs = be.changes(live, plan(old + new, PROFILES["default"]), "full")
+    lines = [l for eds in cs.payload.values() for ed in eds.values() for l in ed.lines]
+    assert lines and all(l.startswith("-A VNETFW_") and '"vnetfw:a"' in l for l in lines)
+
+
+def test_blocks_in_another_order_than_the_plan_are_no_change():
+    be = IptablesBackend(NoRun())
+    nets = _nets(("a", "10.0.1.1"), ("b", "10.0.2.1"), ("c", "10.0.3.1"))
+    prof = PROFILES["default"]
+    live = IptLive.empty()
+    for k in (["c"], ["c", "a"], ["c", "a", "b"]):        # applied c, then a, then b
+        _apply_edits(live, be.changes(live, plan([n for n in nets if n.name in k], prof), "full"))
+    fwo = live.tables[4]["filter"].chains["VNETFW_FWO"]
+    assert [a.split('"vnetfw:')[1][0] for a in fwo] == ["c", "c", "a", "a", "b", "b"]
+    assert be.changes(live, plan(nets, prof), "full").empty
+    assert be.live_ruleset(live, "VNETFW") == plan(nets, prof)     # read back by name
+    # a changed network is edited where it stands
+    changed = [n if n.name != "a" else replace(n, bridge="br-a2") for n in nets]
+    cs = be.changes(live, plan(changed, prof), "full")
+    lines = cs.payload[4]["filter"].lines
+    assert "-D VNETFW_FWO 3" in lines and "-D VNETFW_FWO 4" not in lines
+    assert any(l.startswith("-I VNETFW_FWO 3 ") and "br-a2" in l for l in lines)
+    _apply_edits(live, cs)
+    assert be.changes(live, plan(changed, prof), "full").empty

@@ -349,15 +349,51 @@ def forward_jumps_in_order(forward_rules: list[str], prefix: str) -> bool:
                            [f"{prefix}_{s}" for s in ("FWX", "FWI", "FWO")], 4, "filter", [])
 
 
+_OWNER = re.compile(r'--comment "?' + re.escape(COMMENT_PREFIX) + r'([^" ]+)')
+
+
+def _owner(args: str) -> str | None:
+    """The network named in a rule's ``vnetfw:<network>`` comment, if any."""
+    m = _OWNER.search(args)
+    return m.group(1) if m else None
+
+
+def _in_live_order(live: list[str], want: list[Rule],
+                   want_text: list[str]) -> tuple[list[Rule], list[str]]:
+    """``want`` with its network blocks in the order they already stand in ``live``, and
+    networks not live yet after them (in ``want``'s order).
+
+    The order of network blocks within a chain has no effect on any packet: each block
+    matches only its own bridge (``-i``/``-o``) or, in nat PRT, its own subnets, and no two
+    networks share a bridge or overlap a subnet (``validate_together``). So vnetfw keeps the
+    order it finds and appends new networks: adding a network is ``-A`` only, which
+    iptables-nft commits without fetching the chain's rules (``-I n`` makes it fetch them
+    all: ~130 ms instead of ~16 ms at 1,000 networks)."""
+    blocks: dict[str, list[int]] = {}
+    for i, r in enumerate(want):
+        blocks.setdefault(r.network, []).append(i)
+    if len(blocks) < 2:
+        return want, want_text
+    order = [n for n in dict.fromkeys(map(_owner, live)) if n in blocks]
+    order += [n for n in blocks if n not in set(order)]
+    idx = [i for n in order for i in blocks[n]]
+    return [want[i] for i in idx], [want_text[i] for i in idx]
+
+
 def _rule_edits(live: list[str], want: list[Rule], chain: str, fam: Family, table: str,
                 suffix: str, items: list[Change]) -> list[str]:
-    """Index-based edits turning the ``live`` rules (iptables-save arguments) into ``want``.
+    """Index-based edits turning the ``live`` rules (iptables-save arguments) into ``want``
+    (network blocks in the order they stand live, see ``_in_live_order``).
 
     Compared as strings in iptables-save form, so an unchanged chain costs one list
     comparison and a changed one costs what differs."""
     want_text = [render_rule(r) for r in want]
     if live == want_text:
         return []
+    if live:
+        want, want_text = _in_live_order(live, want, want_text)
+        if live == want_text:
+            return []
     lines: list[str] = []
     where = f"{table} {chain}"
     if not live:        # an empty chain: append everything, no diff to compute
@@ -377,8 +413,8 @@ def _rule_edits(live: list[str], want: list[Rule], chain: str, fam: Family, tabl
             items.append(Change(fam, "delete", where, "rule " + old.describe(),
                                 getattr(old, "network", None) or None))
         for k in range(j1, j2):
-            # Appending to a chain that is empty so far reads better and is the same thing.
-            op = f"-A {chain}" if not live else f"-I {chain} {pos + 1}"
+            # At the end, append: iptables-nft then need not fetch the chain's rules.
+            op = f"-A {chain}" if i2 == len(live) else f"-I {chain} {pos + 1}"
             lines.append(f"{op} {want_text[k]}")
             items.append(Change(fam, "add", where, "rule " + want[k].describe(), want[k].network))
             pos += 1
@@ -437,10 +473,12 @@ class IptablesBackend(Backend):
                 dump = live.tables[fam].get(spec.table)
                 if dump is None:
                     continue
-                for args in dump.chains.get(f"{prefix}_{spec.suffix}", []):
-                    r = parse_rule(args, fam, spec.table, spec.suffix)
-                    if isinstance(r, Rule):
-                        rules.append(r)
+                chain = [r for args in dump.chains.get(f"{prefix}_{spec.suffix}", [])
+                         if isinstance(r := parse_rule(args, fam, spec.table, spec.suffix), Rule)]
+                # Network blocks stand in the order they were applied; the planner's order
+                # is by name. Neither order means anything to a packet (see _in_live_order).
+                chain.sort(key=lambda r: r.network)
+                rules += chain
         return Ruleset.canonical(prefix, rules)
 
     # -- diffing (pure) -----------------------------------------------------------------
