@@ -25,7 +25,7 @@ import os
 import subprocess
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 from .backends import Backend, Change, Scope, get_backend
 from .backends.nfgen import Generation
@@ -49,6 +49,15 @@ def drift_text(c: Change) -> str:
     fam = f"ipv{c.family} " if c.family else ""
     net = f" (network {c.network})" if c.network else ""
     return f"{fam}{c.where}: {_DRIFT_WORDS.get(c.what, c.what)} {c.detail}{net}"
+
+
+class Partial(NamedTuple):
+    """What changes since vnetfw's last commit: that commit's generation, and the rules of
+    the networks that differ, as committed then (``before``) and as wanted now (``after``)."""
+
+    generation: Generation
+    before: Ruleset
+    after: Ruleset
 
 
 @dataclass
@@ -141,32 +150,51 @@ class Engine:
                 and state.prefix == profile.prefix and networks == state.networks
                 and backend.generation() == state.generation)
 
-    def _last(self, state: State, backend: Backend,
-              profile: Profile) -> tuple[Generation, dict[str, Network], Profile] | None:
-        """What vnetfw last committed with this backend and prefix, and at which generation."""
+    def _partial(self, state: State, backend: Backend, profile: Profile,
+                 after: dict[str, Network]) -> "Partial | None":
+        """The networks that differ between vnetfw's last commit and ``after``, planned as
+        they were and as they will be; None if the last commit was with another backend or
+        prefix, or its generation is unknown."""
         if state.generation is None or state.backend != backend.name \
                 or state.prefix != profile.prefix:
             return None
-        return state.generation, state.networks, profile
+        before = state.networks
+        names = [n for n in before if after.get(n) != before[n]] + \
+                [n for n in after if n not in before]
+        return Partial(state.generation,
+                       plan([before[n] for n in names if n in before], profile),
+                       plan([after[n] for n in names if n in after], profile))
 
-    def _sync(self, backend: Backend, desired: Ruleset | None, scope: Scope, dry_run: bool,
-              report: Report, prefix: str | None = None,
-              last: tuple[Generation, dict[str, Network], Profile] | None = None
-              ) -> Generation | None:
+    def _sync(self, backend: Backend, desired: Ruleset | Callable[[], Ruleset] | None,
+              scope: Scope, dry_run: bool, report: Report, prefix: str | None = None,
+              partial: "Partial | None" = None) -> Generation | None:
         """Read, diff, commit. Returns the nf_tables generation the live firewall verifiably
         matches ``desired`` at (None: unknown, or no generation on this backend).
 
-        ``last``: vnetfw's previous commit and its generation. If the generation has not
-        moved since, the live state is that commit's, and a backend that can (nftables)
-        computes the change from it without reading the firewall."""
-        g0 = backend.generation()           # before the readback the diff is computed from
-        live = None
-        if last is not None and backend.can_assume and g0 is not None and g0 == last[0]:
-            _, networks, profile = last
-            # Planned only here, where it can be used (network_rules is cached: cheap).
-            live = backend.assumed_live(plan(networks.values(), profile))
-        if live is None:
-            live = backend.read()
+        ``partial``: the networks that change since vnetfw's previous commit, and that
+        commit's generation. If the generation has not moved since, the live state is that
+        commit's, and a backend that can (``assumed_live``) computes and commits the change
+        of those networks alone, without reading the firewall or planning the others. If
+        that commit fails (the backend has undone it), the full path runs. ``desired`` may
+        be given as a function: every network is then planned only if the full path runs."""
+        g0 = backend.generation()
+        if partial is not None and g0 is not None and g0 == partial.generation \
+                and (live := backend.assumed_live(partial.before)) is not None:
+            cs = backend.changes(live, partial.after, "full")
+            mark = len(report.changes)
+            report.changes += cs.items
+            if cs.empty or dry_run:
+                report.applied = not dry_run
+                return g0 if cs.empty else None
+            try:
+                backend.commit(live, cs)
+                return backend.generation_after(cs, g0)
+            except BackendError:
+                del report.changes[mark:]       # undone; the full path says what it does
+                g0 = backend.generation()
+        if callable(desired):
+            desired = desired()
+        live = backend.read()                   # g0 was taken before: the diff's base
         cs = backend.changes(live, desired, scope, prefix=prefix)
         report.changes += cs.items
         if cs.empty or dry_run:
@@ -174,13 +202,7 @@ class Engine:
             return g0 if cs.empty else None
         try:
             backend.commit(live, cs)
-            g1 = backend.generation()
-            # Exactly our transactions since the readback: nobody else changed anything, so
-            # the live ruleset is the desired one at g1.
-            n = backend.transactions(cs)
-            if g0 is None or g1 is None or n is None or g1[1:] != g0[1:] or g1.id - g0.id != n:
-                return None
-            return g1
+            return backend.generation_after(cs, g0)
         except BackendError as e:
             optional = desired is not None and any(r.optional for r in desired.rules)
             if not optional:
@@ -284,8 +306,8 @@ class Engine:
                                      "bridge or device; vnetfw does not firewall it (no rules)")
             if self._untouched(state, b, prof, merged):
                 return rep                                  # nothing to do, nothing read
-            gen = self._sync(b, plan(merged.values(), prof), "full", dry_run, rep,
-                             last=self._last(state, b, prof))
+            gen = self._sync(b, lambda: plan(merged.values(), prof), "full", dry_run, rep,
+                             partial=self._partial(state, b, prof, merged))
             if self._switch_away(state, b, prof, dry_run, rep):
                 gen = None
             if not dry_run:
@@ -308,8 +330,8 @@ class Engine:
             prof = self.profile_for(state)
             kept = {k: v for k, v in state.networks.items() if k not in names}
             rep = Report("remove", b.name, networks=sorted(names))
-            gen = self._sync(b, plan(kept.values(), prof), "full", dry_run, rep,
-                             last=self._last(state, b, prof))
+            gen = self._sync(b, lambda: plan(kept.values(), prof), "full", dry_run, rep,
+                             partial=self._partial(state, b, prof, kept))
             if self._switch_away(state, b, prof, dry_run, rep):
                 gen = None
             if not dry_run:

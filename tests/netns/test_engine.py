@@ -6,9 +6,11 @@ Each test gets a fresh network namespace; the firewall is read back with the sys
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
-from tests.conftest import nsrun, save
+from tests.conftest import blocks_by_name, nsrun, save
 from vnetfw.backends.iptables import IptablesBackend
 from vnetfw.engine import Engine
 from vnetfw.errors import BackendError
@@ -204,8 +206,16 @@ def test_failed_apply_leaves_ruleset_byte_identical(netns, flavour, fail_family,
         return "COMMIT\n".join(parts)
 
     monkeypatch.setattr(IptablesBackend, "script", broken_script)
+    undone = []
+    real_undo = IptablesBackend._undo_appends
+    monkeypatch.setattr(IptablesBackend, "_undo_appends",
+                        lambda self, *a: undone.append(real_undo(self, *a)) or undone[-1])
     with pytest.raises(BackendError, match="rolled back"):
         eng.apply(NETS)
+    # First the appends computed without a readback were undone (the next attempt read the
+    # firewall after that undo: any leftover would have been its snapshot), then the full
+    # change failed the same way and was rolled back from that snapshot.
+    assert undone == [[]], "the change from vnetfw's last commit was not tried first"
     assert save(netns, flavour) == before
     monkeypatch.undo()
     # the state did not record the failed networks
@@ -309,15 +319,66 @@ def test_profile_switch_moves_chains(netns, tmp_path):
     assert engine(netns, "iptables-nft", tmp_path).check() == []
 
 
-@pytest.mark.parametrize("flavour", ["iptables-nft", "nftables"])
+@pytest.mark.parametrize("flavour", ALL)
+def test_adding_a_network_reads_nothing_and_plans_only_it(make_netns, flavour, tmp_path,
+                                                         monkeypatch):
+    """While the generation proves the firewall is what vnetfw last committed, adding a
+    network costs that network: no readback, no planning of the others. The result is what
+    applying everything at once gives (iptables: the new block appended)."""
+    import vnetfw.engine as engine_mod
+    ns, ref = make_netns("a"), make_netns("ref")
+    eng = engine(ns, flavour, tmp_path / "a")
+    first, last = [n for n in NETS if n.name != "nat1"], [n for n in NETS if n.name == "nat1"]
+    eng.apply(first)
+    backend_cls = type(eng.backend_for(eng.store.load()))
+    reads, planned = [], []
+    real_read, real_plan = backend_cls.read, engine_mod.plan
+    monkeypatch.setattr(backend_cls, "read", lambda self: (self.runner.netns == ns
+                                                           and reads.append(1)) or real_read(self))
+
+    def spy_plan(nets, prof):
+        nets = list(nets)
+        planned.append(sorted(n.name for n in nets))
+        return real_plan(nets, prof)
+
+    monkeypatch.setattr(engine_mod, "plan", spy_plan)
+    rep = eng.apply(last)
+    assert rep.changed and reads == [], "read the firewall although nothing had changed"
+    assert planned and all(p in ([], ["nat1"]) for p in planned), planned
+    assert all(c.network in (None, "nat1") for c in rep.changes)
+    assert eng.store.load().generation is not None, "the commit was not verified"
+    monkeypatch.setattr(engine_mod, "plan", real_plan)
+    engine(ref, flavour, tmp_path / "b").apply(NETS)
+    if flavour == "nftables":
+        assert sorted(snapshot(ns, flavour).splitlines()) == sorted(snapshot(ref, flavour).splitlines())
+    else:
+        assert blocks_by_name(save(ns, flavour)) == blocks_by_name(save(ref, flavour))
+    assert eng.check() == [] and len(reads) == 0
+    # Removing: nftables deletes the network's chains and elements without reading;
+    # iptables must read (rule positions depend on every network before it).
+    eng.remove(["routed"])
+    assert len(reads) == (0 if flavour == "nftables" else 1)
+    assert eng.check() == []
+
+
+# Somebody else's change, unrelated to vnetfw, in what each backend's generation covers.
+FOREIGN_CHANGE = {
+    "nftables": ("nft", "add", "table", "inet", "somebody_else"),
+    "iptables-nft": ("nft", "add", "table", "inet", "somebody_else"),
+    "iptables-legacy": ("ip6tables-legacy", "-t", "mangle", "-N", "SOMEBODY_ELSE"),
+}
+
+
+@pytest.mark.parametrize("flavour", ALL)
 def test_untouched_firewall_is_not_read_again(netns, flavour, tmp_path, monkeypatch):
-    """While the nf_tables generation has not moved since vnetfw's own verified commit, the
-    live firewall is exactly what vnetfw left: re-apply, check and status need no readback.
-    Any transaction by anyone moves it, and the next command reads again."""
+    """While the generation has not moved since vnetfw's own verified commit (nf_tables'
+    generation id; for iptables-legacy a fingerprint of its tables), the live firewall is
+    exactly what vnetfw left: re-apply, check and status need no readback. Any change by
+    anyone moves it, and the next command reads again."""
     eng = engine(netns, flavour, tmp_path)
     eng.apply(NETS)
     st = eng.store.load()
-    assert st.generation is not None and st.generation.id > 0
+    assert st.generation is not None
     backend_cls = type(eng.backend_for(st))
     reads = []
     real_read = backend_cls.read
@@ -325,8 +386,8 @@ def test_untouched_firewall_is_not_read_again(netns, flavour, tmp_path, monkeypa
     assert not eng.apply(NETS).changed and eng.check() == [] and eng.status()["in_sync"]
     assert not eng.reload().changed
     assert reads == [], "an untouched firewall was read back"
-    # an unrelated transaction moves the generation: read again (and find nothing to do)
-    nsrun(netns, "nft", "add", "table", "inet", "somebody_else")
+    # an unrelated change moves the generation: read again (and find nothing to do)
+    nsrun(netns, *FOREIGN_CHANGE[flavour])
     assert eng.check() == [] and reads == [1]
     assert not eng.reload().changed and len(reads) == 2
     assert eng.check() == [] and len(reads) == 2, "reload re-verified the generation"
@@ -337,12 +398,44 @@ def test_untouched_firewall_is_not_read_again(netns, flavour, tmp_path, monkeypa
     assert eng.check() == [] and len(reads) == 3
 
 
-def test_legacy_has_no_generation_and_always_reads(netns, tmp_path):
-    eng = engine(netns, "iptables-legacy", tmp_path)
+LEGACY_EDITS = [
+    ("iptables-legacy", "-F", "VNETFW_FWI"),
+    ("iptables-legacy", "-t", "nat", "-A", "POSTROUTING", "-o", "eth9", "-j", "MASQUERADE"),
+    ("ip6tables-legacy", "-R", "VNETFW_FWO", "1", "-i", "vbr-nat1", "-j", "ACCEPT"),
+    ("iptables-legacy", "-P", "FORWARD", "DROP"),
+    ("ip6tables-legacy", "-t", "mangle", "-X", "VNETFW_PRT"),
+]
+
+
+@pytest.mark.parametrize("edit", LEGACY_EDITS, ids=lambda e: " ".join(e[1:4]))
+def test_legacy_fingerprint_moves_with_any_edit_not_with_traffic(make_netns, edit, tmp_path):
+    """x_tables have no generation counter: vnetfw fingerprints the tables' rules. Packets
+    (which move every counter they meet) leave it; any edit, in any of the six tables
+    vnetfw writes, moves it, so check reads and reports the drift."""
+    ns = make_netns("fp")
+    eng = engine(ns, "iptables-legacy", tmp_path)
+    if edit[-2:] == ("-X", "VNETFW_PRT"):
+        nsrun(ns, "ip6tables-legacy", "-t", "mangle", "-N", "VNETFW_PRT")
     eng.apply(NETS)
-    assert eng.store.load().generation is None
-    nsrun(netns, "iptables-legacy", "-F", "VNETFW_FWI")
-    assert eng.check() != []
+    fp = eng.store.load().generation
+    assert fp is not None and eng.backend_for(eng.store.load()).generation() == fp
+    # traffic through our rules (lo: INPUT/OUTPUT, POSTROUTING of nat and mangle)
+    nsrun(ns, "ip", "link", "set", "lo", "up")
+    nsrun(ns, sys.executable, "-c", "import socket\n"
+          "for a, f in (('127.0.0.1', socket.AF_INET), ('::1', socket.AF_INET6)):\n"
+          "    socket.socket(f, socket.SOCK_DGRAM).sendto(b'x', (a, 9))")
+    assert "[0:0] -A INPUT" not in nsrun(ns, "iptables-legacy-save", "-c").replace(
+        "[0:0] -A INPUT -m comment", ""), "no counter moved: the traffic test proves nothing"
+    assert eng.backend_for(eng.store.load()).generation() == fp
+    if edit[-2:] == ("-X", "VNETFW_PRT"):
+        nsrun(ns, "ip6tables-legacy", "-t", "mangle", "-D", "POSTROUTING", "-m", "comment",
+              "--comment", "vnetfw", "-j", "VNETFW_PRT")
+        nsrun(ns, "ip6tables-legacy", "-t", "mangle", "-F", "VNETFW_PRT")
+    nsrun(ns, *edit)
+    assert eng.backend_for(eng.store.load()).generation() != fp
+    if any("VNETFW" in a for a in edit):     # a foreign edit elsewhere is no drift of ours
+        assert eng.check() != []
+    assert eng.reload() is not None and eng.check() == []
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)

@@ -13,6 +13,9 @@ Every backend offers the same small contract, so the engine never knows which on
 - ``render(desired, family)``: pure; the text ``commit`` would load on an empty system.
 - ``live_ruleset(live, prefix) -> Ruleset``: the live state parsed back into the
   backend-neutral type; compare it with ``effective(desired)``.
+- ``generation()`` and ``assumed_live(committed)``: how the engine skips the readback (and
+  the planning of networks that do not change) while it can prove that nothing changed
+  since its own last commit.
 """
 
 from __future__ import annotations
@@ -68,7 +71,6 @@ class ChangeSet:
 
 class Backend:
     name: str = "?"
-    can_assume: bool = False        # assumed_live() can stand in for read()
 
     def __init__(self, runner: Runner) -> None:
         self.runner = runner
@@ -99,28 +101,50 @@ class Backend:
         """None if usable here, else why not (missing command, kernel refuses)."""
         return None
 
-    def assumed_live(self, desired: Ruleset) -> Any:
-        """The state ``read()`` would return right after ``desired`` was committed; only for
-        backends with ``can_assume`` (not iptables: its rollback needs the real
-        ``iptables-save`` text of the tables it changes)."""
+    def assumed_live(self, committed: Ruleset) -> Any:
+        """A stand-in for ``read()`` when the live state provably is what vnetfw last
+        committed (the engine checks the generation), restricted to some networks:
+        ``committed`` holds the rules of the networks about to change, as they were
+        committed; the live state may hold other networks too, which ``changes`` against
+        this stand-in never touches, and the layout (chains, jumps, maps) is in place.
+
+        So a change costs what changes, not what exists: no readback, no planning of the
+        networks that stay. Returns None where the backend cannot do that for these
+        networks; the engine then reads the live state."""
         return None
 
     def generation(self) -> "Generation | None":
-        """The namespace's nf_tables generation, if this backend writes through nf_tables
-        (nftables, iptables-nft); None otherwise (iptables-legacy) or if unknown."""
+        """Something that stays equal exactly while nothing changes in the firewall this
+        backend writes: the namespace's nf_tables generation (nftables, iptables-nft), a
+        fingerprint of the x_tables (iptables-legacy); None if unknown."""
         return None
 
     def transactions(self, changes: ChangeSet) -> int | None:
         """How many nf_tables transactions ``commit(changes)`` makes (None: not nf_tables)."""
         return None
 
-    def _nf_generation(self) -> "Generation | None":
-        from .nfgen import genid
+    def generation_after(self, changes: ChangeSet, before: "Generation | None"
+                         ) -> "Generation | None":
+        """Right after ``commit(changes)``: the generation at which the live state is
+        exactly what was committed, or None if that cannot be told. ``before`` is the
+        generation read before the state the change was computed from. nf_tables: the
+        generation must have moved by exactly our transactions (nobody else committed)."""
+        after = self.generation()
+        n = self.transactions(changes)
+        if before is None or after is None or n is None or after[1:] != before[1:] \
+                or after.id - before.id != n:
+            return None
+        return after
+
+    def _netns_path(self) -> str | None:
         from .runner import NETNS_DIR
         import os
+        return None if self.runner.netns is None else os.path.join(NETNS_DIR, self.runner.netns)
+
+    def _nf_generation(self) -> "Generation | None":
+        from .nfgen import genid
         try:
-            return genid(None if self.runner.netns is None
-                         else os.path.join(NETNS_DIR, self.runner.netns))
+            return genid(self._netns_path())
         except OSError:
             return None
 

@@ -65,6 +65,8 @@ class TableDump:
 @dataclass
 class IptLive:
     tables: dict[Family, dict[str, TableDump]]
+    # Not read but assumed (``assumed_live``): no table text to roll back to.
+    assumed: bool = False
 
     @classmethod
     def empty(cls) -> "IptLive":
@@ -441,7 +443,22 @@ class IptablesBackend(Backend):
         return self.name == "iptables-nft"
 
     def generation(self):
-        return self._nf_generation() if self.nf_tables else None
+        if self.nf_tables:
+            return self._nf_generation()
+        from .xtfp import fingerprint
+        try:
+            return fingerprint(self._netns_path())
+        except OSError:
+            return None
+
+    def generation_after(self, changes, before):
+        if self.nf_tables:
+            return super().generation_after(changes, before)
+        # x_tables: a fingerprint, not a counter, so it cannot show that nobody else wrote
+        # between our restore and this read. That window is a few milliseconds, and every
+        # legacy writer holds the xtables lock while it writes; a write in it would go
+        # unnoticed until the tables change again (then vnetfw reads them in full).
+        return self.generation() if before is not None else None
 
     def transactions(self, changes: ChangeSet) -> int | None:
         # iptables-nft-restore commits one nf_tables transaction per table (per COMMIT).
@@ -480,6 +497,30 @@ class IptablesBackend(Backend):
                 chain.sort(key=lambda r: r.network)
                 rules += chain
         return Ruleset.canonical(prefix, rules)
+
+    def assumed_live(self, committed: Ruleset) -> IptLive | None:
+        """The layout as vnetfw committed it (private chains, one jump each, in order), when
+        none of the networks about to change has rules yet: they are then appended to each
+        chain (``-A``), which needs no position and so no readback. Other networks' rules
+        stay unread and untouched. None if ``committed`` holds rules: deleting or editing
+        them needs their positions, which depend on every network before them.
+
+        On a failed commit there is no ``iptables-save`` text to restore: ``commit`` then
+        deletes exactly the rules it appended (``_undo_appends``)."""
+        if committed.rules:
+            return None
+        tables: dict[Family, dict[str, TableDump]] = {}
+        for fam in committed.families:
+            tables[fam] = {}
+            for table in TABLES:
+                specs = chains_of(table)
+                dump = TableDump()
+                for spec in specs:
+                    dump.chains[f"{committed.prefix}_{spec.suffix}"] = []
+                    dump.chains.setdefault(spec.builtin, []).append(
+                        _jump_args(f"{committed.prefix}_{spec.suffix}"))
+                tables[fam][table] = dump
+        return IptLive(tables, assumed=True)
 
     # -- diffing (pure) -----------------------------------------------------------------
     def changes(self, live: IptLive, desired: Ruleset | None, scope: Scope,
@@ -575,6 +616,8 @@ class IptablesBackend(Backend):
             raise BackendError(msg) from e
 
     def _rollback(self, live: IptLive, changes: ChangeSet, families: list[Family]) -> list[str]:
+        if live.assumed:
+            return self._undo_appends(changes, families)
         problems = []
         for fam in families:
             parts = []
@@ -588,6 +631,36 @@ class IptablesBackend(Backend):
                                            ["COMMIT"]) + "\n")
             try:
                 self.runner.run([self._cmd[fam][1], "-w", "-c"], stdin="".join(parts))
+            except BackendError as e:
+                problems.append(f"ipv{fam}: {e}")
+        return problems
+
+    def _undo_appends(self, changes: ChangeSet, families: list[Family]) -> list[str]:
+        """Delete the rules a failed commit from ``assumed_live`` appended, wherever they
+        landed: each restore commits table by table, so some tables may hold them and
+        others not. They belong to networks that had no rules before, so every copy of
+        such a rule in our chains is one we added (the last ones, if an admin duplicated
+        one meanwhile)."""
+        problems = []
+        for fam in families:
+            try:
+                dumps = parse_save(self.runner.run([self._cmd[fam][0]]))
+                undo = []
+                for table, ed in changes.payload.get(fam, {}).items():
+                    chains = {c: list(r) for c, r in dumps.get(table, TableDump()).chains.items()}
+                    dels = []
+                    for line in reversed(ed.lines):
+                        op, chain, args = line.split(" ", 2)
+                        assert op == "-A", "assumed_live only ever appends"
+                        rules = chains.get(chain, [])
+                        if args in rules:
+                            k = len(rules) - 1 - rules[::-1].index(args)
+                            del rules[k]
+                            dels.append(f"-D {chain} {k + 1}")
+                    if dels:
+                        undo.append(TableEdit(lines=dels).script(table))
+                if undo:
+                    self.runner.run([self._cmd[fam][1], "-w", "--noflush"], stdin="".join(undo))
             except BackendError as e:
                 problems.append(f"ipv{fam}: {e}")
         return problems

@@ -19,7 +19,9 @@ import os
 import socket
 import struct
 import threading
-from typing import NamedTuple
+from typing import Callable, NamedTuple, TypeVar
+
+T = TypeVar("T")
 
 CLONE_NEWNET = 0x40000000
 NETLINK_NETFILTER = 12
@@ -50,7 +52,7 @@ def _genid_here() -> Generation:
     s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
     try:
         # The socket belongs to the namespace it was created in: its cookie is that one's.
-        cookie = struct.unpack("=Q", s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
+        cookie = netns_cookie(s)
         s.bind((0, 0))
         s.settimeout(2.0)
         body = struct.pack("BBH", socket.AF_UNSPEC, 0, 0)          # struct nfgenmsg
@@ -75,11 +77,22 @@ def _genid_here() -> Generation:
 
 
 def genid(netns_path: str | None = None) -> Generation:
-    """Generation id of our own namespace, or of the one at ``netns_path``. The namespace
-    is entered by a short-lived helper thread only (setns(2) changes the calling thread's
-    namespace, not the process's). Raises OSError if the kernel does not answer."""
+    """Generation id of our own namespace, or of the one at ``netns_path``. Raises OSError
+    if the kernel does not answer."""
+    return in_netns(netns_path, _genid_here)
+
+
+def netns_cookie(s: socket.socket) -> int:
+    """The cookie of the namespace a socket was created in (never reused within a boot)."""
+    return struct.unpack("=Q", s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
+
+
+def in_netns(netns_path: str | None, fn: Callable[[], T]) -> T:
+    """``fn()`` in our own namespace, or in the one at ``netns_path``: entered by a
+    short-lived helper thread only (setns(2) changes the calling thread's namespace, not
+    the process's). Sockets ``fn`` creates belong to that namespace."""
     if netns_path is None:
-        return _genid_here()
+        return fn()
     out: dict = {}
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -88,7 +101,7 @@ def genid(netns_path: str | None = None) -> Generation:
         try:
             if libc.setns(fd, CLONE_NEWNET) != 0:
                 raise OSError(ctypes.get_errno(), "setns")
-            out["g"] = _genid_here()
+            out["v"] = fn()
         except BaseException as e:  # noqa: BLE001 - handed to the caller
             out["e"] = e
         finally:
@@ -99,4 +112,4 @@ def genid(netns_path: str | None = None) -> Generation:
     t.join()
     if "e" in out:
         raise out["e"]
-    return out["g"]
+    return out["v"]

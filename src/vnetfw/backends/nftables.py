@@ -317,7 +317,6 @@ class NftablesBackend(Backend):
     """vnetfw's ``inet`` table through ``nft -j list`` and ``nft -f -``."""
 
     name = "nftables"
-    can_assume = True           # one transaction: no rollback snapshot needed
 
     def __init__(self, runner: Runner, nft: str = "nft") -> None:
         super().__init__(runner)
@@ -356,13 +355,19 @@ class NftablesBackend(Backend):
                         [self.nft, "list", "chain", NFT_FAMILY, t.name, name])
         return live
 
-    def assumed_live(self, desired: Ruleset) -> NftLive:
-        """The live state right after ``desired`` was committed, without reading it: valid
-        while the nf_tables generation proves that nothing changed since (the engine checks
-        that). Lets adding or removing one network cost what changed instead of a listing
-        of every network (``nft -j list`` of 1,000 networks: ~1.5 s with parsing). Safe
+    def assumed_live(self, committed: Ruleset) -> NftLive:
+        """vnetfw's table as it stands after ``committed`` (some networks' rules) was
+        committed, without reading it: the layout, and those networks' chains and map
+        elements. Valid while the nf_tables generation proves that nothing changed since
+        (the engine checks that). ``changes`` against it touches only the chains and
+        elements of the networks in it or in the desired ruleset: other networks' chains
+        and elements are in the kernel but not here, so they are never deleted; their keys
+        cannot clash with these (validate_together: distinct bridges, disjoint subnets).
+        Adding or removing one network then costs what changed instead of a listing of
+        every network (``nft -j list`` of 1,000 networks: ~1.5 s with parsing). Safe
         because a transaction needs no rollback snapshot; admin chains' rules are unknown
         here, and nothing below ever touches them."""
+        desired = committed
         want = self.effective(desired)
         t = LiveTable(table_name(desired.prefix))
         for name in ADMIN_CHAINS:

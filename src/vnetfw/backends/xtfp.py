@@ -1,0 +1,117 @@
+"""A fingerprint of iptables-legacy's tables, read from the kernel: no process, ~1 ms a table.
+
+x_tables (iptables-legacy) has no generation counter like nf_tables. But each table is one
+blob in the kernel, replaced whole by every change (``iptables-legacy-restore`` and every
+single ``iptables-legacy`` command alike), and the kernel hands it out with two
+``getsockopt`` calls (``IPT_SO_GET_INFO``, ``IPT_SO_GET_ENTRIES``; ``iptables-save`` reads
+it the same way). A hash of the blobs of the filter, nat and mangle tables of both families,
+with each rule's packet and byte counters zeroed (traffic moves them), changes exactly when
+a rule, chain or policy changes. vnetfw records it after each of its own commits, and while
+it stays the same, nothing has changed since: a re-apply, check or status needs no
+``iptables-save`` and no parsing, and adding a network needs no readback (the same role
+nf_tables' generation id plays, see ``nfgen``).
+
+Netfilter facts this relies on:
+- ``struct ipt_entry``/``ip6t_entry``: ``ipt_ip`` (84 bytes) or ``ip6t_ip6`` (136), then
+  ``nfcache`` (u32), ``target_offset`` (u16), ``next_offset`` (u16), ``comefrom`` (u32),
+  ``struct xt_counters`` (two u64); IPv4: next_offset at 90, counters at 96; IPv6: 142 and
+  152 (4 bytes of padding align the counters). Entries follow each other by ``next_offset``. Since Linux 4.11 the copy to user space carries no kernel
+  pointers, so equal rules give equal bytes.
+- Asking for a table that is not loaded makes the kernel load it (``iptable_nat`` ...):
+  only tables listed in ``/proc/thread-self/net/ip(6)_tables_names`` are read, so reading
+  creates nothing. (``thread-self``: the namespace is entered by one thread only.)
+- GET_ENTRIES fails with EAGAIN when the table was replaced after GET_INFO (sizes differ):
+  read again.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import hashlib
+import socket
+import struct
+
+from .nfgen import Generation, _boot_id, in_netns, netns_cookie
+
+SO_GET_INFO, SO_GET_ENTRIES = 64, 65            # IPT_ and IP6T_ alike
+TABLES = ("filter", "nat", "mangle")
+# family -> (address family, sockopt level, /proc name list, offsets of next_offset and of
+# the counters in an entry; IPv6: 4 bytes of padding align the u64 counters)
+_FAMILY = {4: (socket.AF_INET, socket.IPPROTO_IP, "ip_tables_names", (90, 96)),
+           6: (socket.AF_INET6, socket.IPPROTO_IPV6, "ip6_tables_names", (142, 152))}
+_INFO = struct.Struct("=32sI5I5III")             # struct ipt_getinfo: 84 bytes
+_ENTRIES_HEAD = 40                               # struct ipt_get_entries: name, size, pad
+_ZERO = bytes(16)
+
+_libc = None
+
+
+def _getsockopt(fd: int, level: int, opt: int, buf: ctypes.Array) -> None:
+    """getsockopt(2) with an input buffer (Python's socket.getsockopt cannot pass one)."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    n = ctypes.c_uint(len(buf))
+    if _libc.getsockopt(fd, level, opt, buf, ctypes.byref(n)) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"getsockopt {opt}: {errno.errorcode.get(e, e)}")
+
+
+def _table_blob(s: socket.socket, level: int, name: str, at: tuple[int, int]) -> bytes:
+    """Hook layout + rules of one table, counters zeroed."""
+    for _ in range(5):
+        info = ctypes.create_string_buffer(name.encode(), _INFO.size)
+        _getsockopt(s.fileno(), level, SO_GET_INFO, info)
+        size = _INFO.unpack(info.raw)[-1]
+        buf = ctypes.create_string_buffer(_ENTRIES_HEAD + size)
+        buf[:len(name)] = name.encode()
+        struct.pack_into("=I", buf, 32, size)
+        try:
+            _getsockopt(s.fileno(), level, SO_GET_ENTRIES, buf)
+        except OSError as e:
+            if e.errno == errno.EAGAIN:        # replaced in between: read it again
+                continue
+            raise
+        blob = bytearray(buf.raw[_ENTRIES_HEAD:])
+        off, end = 0, len(blob)
+        unpack = struct.Struct("=H").unpack_from
+        next_at, counters_at = at
+        while off < end:
+            blob[off + counters_at:off + counters_at + 16] = _ZERO
+            step = unpack(blob, off + next_at)[0]
+            if step == 0:
+                raise OSError(errno.EINVAL, f"malformed {name} table entry at {off}")
+            off += step
+        return info.raw[32:] + bytes(blob)
+    raise OSError(errno.EAGAIN, f"table {name} kept changing while read")
+
+
+def _fingerprint_here() -> Generation:
+    h = hashlib.blake2b(digest_size=8)
+    cookie = None
+    for fam, (af, level, names_file, at) in _FAMILY.items():
+        try:
+            with open(f"/proc/thread-self/net/{names_file}") as f:
+                loaded = set(f.read().split())
+        except FileNotFoundError:               # x_tables of this family not built in
+            loaded = set()
+        s = socket.socket(af, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        try:
+            cookie = netns_cookie(s)
+            for table in TABLES:
+                h.update(f"|{fam}{table}|".encode())
+                if table in loaded:
+                    h.update(_table_blob(s, level, table, at))
+        finally:
+            s.close()
+    assert cookie is not None
+    return Generation(int.from_bytes(h.digest(), "big"), cookie, _boot_id())
+
+
+def fingerprint(netns_path: str | None = None) -> Generation:
+    """The fingerprint of the legacy filter/nat/mangle tables of our namespace or of the
+    one at ``netns_path``, as a ``Generation`` (equal: no rule, chain or policy changed in
+    them; the id does not count anything). Raises OSError if the kernel does not answer."""
+    return in_netns(netns_path, _fingerprint_here)
