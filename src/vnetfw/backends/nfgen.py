@@ -14,7 +14,6 @@ has changed, and a re-apply, check or status needs no readback.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import socket
 import struct
@@ -94,7 +93,7 @@ def in_netns(netns_path: str | None, fn: Callable[[], T]) -> T:
     if netns_path is None:
         return fn()
     out: dict = {}
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc = ctypes.CDLL(None, use_errno=True)       # the C library the interpreter links
 
     def worker() -> None:
         fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)

@@ -13,7 +13,6 @@ namespace, so that is all we switch.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import re
 import shutil
@@ -65,7 +64,7 @@ class Runner:
             if (p := netns_problem(self.netns)) is not None:
                 raise BackendError(p)
             if _libc is None:
-                _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+                _libc = ctypes.CDLL(None, use_errno=True)      # the C library the interpreter links
 
     def which(self, prog: str) -> str | None:
         return shutil.which(prog)
