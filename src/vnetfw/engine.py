@@ -147,16 +147,16 @@ class Engine:
         for ``networks``: same backend, prefix and networks, and the nf_tables generation id
         has not moved since (no transaction at all, by anyone). No readback needed."""
         return (state.generation is not None and state.backend == backend.name
-                and state.prefix == profile.prefix and networks == state.networks
-                and backend.generation() == state.generation)
+                and state.prefix == profile.prefix and state.profile == profile.name
+                and networks == state.networks and backend.generation() == state.generation)
 
     def _partial(self, state: State, backend: Backend, profile: Profile,
                  after: dict[str, Network]) -> "Partial | None":
         """The networks that differ between vnetfw's last commit and ``after``, planned as
         they were and as they will be; None if the last commit was with another backend or
-        prefix, or its generation is unknown."""
+        prefix or profile (every network's rules change then), or its generation is unknown."""
         if state.generation is None or state.backend != backend.name \
-                or state.prefix != profile.prefix:
+                or state.prefix != profile.prefix or state.profile != profile.name:
             return None
         before = state.networks
         names = [n for n in before if after.get(n) != before[n]] + \

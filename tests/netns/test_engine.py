@@ -14,6 +14,7 @@ from tests.conftest import blocks_by_name, nsrun, save
 from vnetfw.backends.iptables import IptablesBackend
 from vnetfw.engine import Engine
 from vnetfw.errors import BackendError
+from vnetfw.plan import PROFILES, plan
 from vnetfw.sources.toml import parse_toml
 
 FLAVOURS = ["iptables-nft", "iptables-legacy"]
@@ -307,6 +308,24 @@ def test_switching_backend_moves_networks_in_one_command(netns, src, dst, tmp_pa
     # the state now follows the new backend: auto keeps it
     assert Engine(netns=netns, state_dir=tmp_path / "state").status()["backend"] == dst
     assert Engine(netns=netns, state_dir=tmp_path / "state").check() == []
+
+
+@pytest.mark.parametrize("flavour", ["iptables-nft", "nftables"])
+def test_profile_switch_with_the_same_prefix_replans_every_network(netns, flavour, tmp_path):
+    """Another profile under the same prefix changes every network's rules: neither the
+    unchanged generation nor the unchanged definitions may let the engine skip them."""
+    eng = engine(netns, flavour, tmp_path)
+    eng.apply(NETS)
+    lib = engine(netns, flavour, tmp_path, profile="libvirt", prefix="VNETFW")
+    added = [n for n in NETS if n.name == "iso"]
+    assert lib.apply(NETS).changed                         # same definitions
+    b = lib.backend_for(lib.store.load())
+    want = plan(NETS, PROFILES["libvirt"].with_prefix("VNETFW"))
+    assert b.live_ruleset(b.read(), "VNETFW") == b.effective(want)
+    eng2 = engine(netns, flavour, tmp_path)                # back, adding nothing new
+    eng2.remove([added[0].name])
+    eng2.apply(added)
+    assert lib.check() == [] and eng2.check() == []
 
 
 def test_profile_switch_moves_chains(netns, tmp_path):
