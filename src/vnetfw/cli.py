@@ -144,8 +144,10 @@ def _engine(a: argparse.Namespace):
 
 
 def _emit(a: argparse.Namespace, data: Any, human: Callable[[], None]) -> None:
+    """``data`` (or, if callable, what it returns: built only for --json) as JSON, or
+    ``human()``."""
     if a.json:
-        json.dump(data, sys.stdout, indent=2)
+        json.dump(data() if callable(data) else data, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         human()
@@ -172,7 +174,7 @@ def _print_report(a: argparse.Namespace, rep) -> int:
             print(f"warning: {w}", file=sys.stderr)
         for f in rep.hook_failures:
             print(f"vnetfw: hook failed: {f}", file=sys.stderr)
-    _emit(a, rep.to_json(), human)
+    _emit(a, rep.to_json, human)
     return 6 if rep.hook_failures else 0
 
 
@@ -339,7 +341,7 @@ def cmd_migrate(a):
     def human() -> None:
         from .migrate_run import print_human
         print_human(rep)
-    _emit(a, rep.to_json(), human)
+    _emit(a, rep.to_json, human)
     for f in rep.apply.hook_failures:
         print(f"vnetfw: hook failed: {f}", file=sys.stderr)
     return 6 if rep.apply.hook_failures else 0

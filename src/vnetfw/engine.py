@@ -127,9 +127,11 @@ class Engine:
             if name == "auto" and state.backend:
                 name = state.backend
             self._backend = get_backend(name, self.runner)
-            # A backend the active networks already use was usable when they were applied;
-            # skip its probe (nftables: an 'nft -c' process) and let a failure speak.
-            if name != state.backend and (why := self._backend.available()) is not None:
+            # A backend the active networks already use was usable when they were applied,
+            # and 'auto' probed what it picked; otherwise check what costs no process (the
+            # commands exist) and let the commit say what the kernel refuses (nftables'
+            # 'nft -c' probe then explains it).
+            if name != state.backend and (why := self._backend.available(probe=False)) is not None:
                 raise BackendError(f"backend {self._backend.name} is not usable: {why}")
         return self._backend
 

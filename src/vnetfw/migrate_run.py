@@ -89,8 +89,8 @@ class FoldingBackend(Backend):
         self.findings: Findings | None = None
         self.edits: Edits | None = None
 
-    def available(self) -> str | None:
-        return self.inner.available()
+    def available(self, probe: bool = True) -> str | None:
+        return self.inner.available(probe)
 
     def read(self) -> IptLive:
         return self.inner.read()

@@ -259,3 +259,28 @@ def test_change_items_read_well():
     assert shown[0] == "inet: create table vnetfw"
     assert "ipv4 inet vnetfw fwx4-iso: add rule in vb.iso out vb.iso -> accept  [iso]" in shown
     assert 'ipv4 inet vnetfw map fwx: add element ipv4 . "vb.iso" : jump fwx4-iso  [iso]' in shown
+
+
+def test_a_refused_commit_says_what_the_kernel_lacks():
+    """A backend named explicitly is not probed up front (one process less on every first
+    apply); when the kernel refuses the transaction, the probe explains why."""
+    from vnetfw.backends.runner import CommandFailed
+    from vnetfw.errors import BackendError
+
+    class OldKernel(Runner):
+        calls: list = []
+
+        def which(self, prog):
+            return "/usr/sbin/nft"
+
+        def run(self, argv, stdin=None, *, check=True):
+            self.calls.append(argv)
+            raise CommandFailed(argv, 1, "Error: Could not process rule: Operation not supported")
+
+    b = NftablesBackend(OldKernel())
+    assert b.available(probe=False) is None and OldKernel.calls == []
+    cs = b.changes(NftLive.empty(), desired(), "full")
+    with pytest.raises(BackendError, match="nothing was changed.*not usable here: the kernel "
+                                           "refused an nftables probe table"):
+        b.commit(NftLive.empty(), cs)
+    assert [c[:3] for c in OldKernel.calls] == [["nft", "-f", "-"], ["nft", "-c", "-f"]]

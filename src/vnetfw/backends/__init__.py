@@ -39,13 +39,21 @@ BACKENDS = IPTABLES_FLAVOURS + ("nftables",)
 class Change(NamedTuple):
     """One human-readable change: ``what`` is a verb (create, add, delete, insert, move...),
     ``where`` the family/table/chain, ``detail`` the rule or object in plain words. (A
-    NamedTuple: an apply of 1,000 networks reports 25,000 of them.)"""
+    NamedTuple: an apply of 1,000 networks reports 25,000 of them.)
+
+    A change of a rule keeps the rule and words it only when asked (``detail``): most
+    reports of a large apply are counted, not read."""
 
     family: Family | None
     what: str
     where: str
-    detail: str = ""
+    text: str = ""
     network: str | None = None
+    rule: Any = None                # a Rule, or a backend's Foreign rule: has describe()
+
+    @property
+    def detail(self) -> str:
+        return self.text if self.rule is None else "rule " + self.rule.describe()
 
     def __str__(self) -> str:
         fam = f"ipv{self.family} " if self.family else ""
@@ -97,8 +105,10 @@ class Backend:
         so it drops those optional rules). Compare ``live_ruleset`` with this, not ``desired``."""
         return desired
 
-    def available(self) -> str | None:
-        """None if usable here, else why not (missing command, kernel refuses)."""
+    def available(self, probe: bool = True) -> str | None:
+        """None if usable here, else why not (missing command, kernel refuses). Without
+        ``probe``, only what costs no process (the commands exist); the commit then says
+        what the kernel refuses."""
         return None
 
     def assumed_live(self, committed: Ruleset) -> Any:

@@ -401,7 +401,7 @@ def _rule_edits(live: list[str], want: list[Rule], chain: str, fam: Family, tabl
     if not live:        # an empty chain: append everything, no diff to compute
         for r, text in zip(want, want_text):
             lines.append(f"-A {chain} {text}")
-            items.append(Change(fam, "add", where, "rule " + r.describe(), r.network))
+            items.append(Change(fam, "add", where, "", r.network, r))
         return lines
     sm = difflib.SequenceMatcher(None, live, want_text, autojunk=False)
     pos = 0
@@ -418,7 +418,7 @@ def _rule_edits(live: list[str], want: list[Rule], chain: str, fam: Family, tabl
             # At the end, append: iptables-nft then need not fetch the chain's rules.
             op = f"-A {chain}" if i2 == len(live) else f"-I {chain} {pos + 1}"
             lines.append(f"{op} {want_text[k]}")
-            items.append(Change(fam, "add", where, "rule " + want[k].describe(), want[k].network))
+            items.append(Change(fam, "add", where, "", want[k].network, want[k]))
             pos += 1
     return lines
 
@@ -466,7 +466,7 @@ class IptablesBackend(Backend):
             return None
         return sum(len(eds) for eds in changes.payload.values())
 
-    def available(self) -> str | None:
+    def available(self, probe: bool = True) -> str | None:
         for save, restore in self._cmd.values():
             for prog in (save, restore):
                 if self.runner.which(prog) is None:

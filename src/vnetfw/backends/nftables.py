@@ -322,9 +322,11 @@ class NftablesBackend(Backend):
         super().__init__(runner)
         self.nft = nft
 
-    def available(self) -> str | None:
+    def available(self, probe: bool = True) -> str | None:
         if self.runner.which(self.nft) is None:
             return f"{self.nft} not found (apt-get install nftables)"
+        if not probe:
+            return None
         try:
             self.runner.run([self.nft, "-c", "-f", "-"], stdin=PROBE)
         except BackendError as e:
@@ -580,7 +582,7 @@ class NftablesBackend(Backend):
             s.del_chains.append(f"delete chain {where} {cname}")
             for raw in lc.rules:
                 r = parse_rule(raw, fam, stage.table, stage.suffix, net)
-                items.add(Change(fam, "delete", f"{where} {cname}", "rule " + r.describe(), net))
+                items.add(Change(fam, "delete", f"{where} {cname}", "", net, r))
             items.add(Change(fam, "delete", where, f"chain {cname}", net))
         # Map elements.
         for m in MAPS:
@@ -629,8 +631,12 @@ class NftablesBackend(Backend):
         except CommandFailed as e:
             detail = "; ".join(line.strip() for line in e.stderr.splitlines()
                                if line.strip() and not set(line.strip()) <= set("^~"))[:600]
+            # The engine does not probe a backend named explicitly (an 'nft -c' process on
+            # every first apply); when the kernel refuses, the probe says what it lacks.
+            why = self.available()
             raise BackendError(f"nftables: the transaction was refused and nothing was "
-                               f"changed: {detail or e}") from e
+                               f"changed: {detail or e}"
+                               + (f"; nftables is not usable here: {why}" if why else "")) from e
 
 
 # ---------------------------------------------------------------------------------------
@@ -681,16 +687,16 @@ def _diff_items(cur: list[Rule | Foreign], want: list[Rule], fam: Family, where:
                 net: str, items: _Items) -> None:
     if not cur:         # a new chain: no diff to compute (most of an apply from empty)
         for r in want:
-            items.add(Change(fam, "add", where, "rule " + r.describe(), net))
+            items.add(Change(fam, "add", where, "", net, r))
         return
     sm = difflib.SequenceMatcher(None, cur, want, autojunk=False)
     for tag, i1, i2, j1, j2 in sm.get_opcodes():
         if tag == "equal":
             continue
         for k in range(i1, i2):
-            items.add(Change(fam, "delete", where, "rule " + cur[k].describe(), net))
+            items.add(Change(fam, "delete", where, "", net, cur[k]))
         for k in range(j1, j2):
-            items.add(Change(fam, "add", where, "rule " + want[k].describe(), net))
+            items.add(Change(fam, "add", where, "", net, want[k]))
 
 
 def _net_of(value: Any) -> str | None:
