@@ -2,7 +2,9 @@
 
 Contract: ``plan(networks, profile)`` is deterministic and independent of the order the
 networks are given in (they are laid out sorted by name, each network's rules forming one
-contiguous block per chain). Within a network the rules follow libvirt's evaluation order
+contiguous block per chain). The order of the blocks means nothing to a packet: each
+matches only its own bridge or subnets, which no other network shares; so the iptables
+backend keeps blocks where they stand and appends new ones, and reads them back by name. Within a network the rules follow libvirt's evaluation order
 exactly (libvirt inserts every rule at the top of its chain, so its final order is the reverse
 of its command order; the reference data in tests/fixtures/libvirt pins that order).
 
