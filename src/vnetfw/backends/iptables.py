@@ -377,7 +377,8 @@ def _in_live_order(live: list[str], want: list[Rule],
     if len(blocks) < 2:
         return want, want_text
     order = [n for n in dict.fromkeys(map(_owner, live)) if n in blocks]
-    order += [n for n in blocks if n not in set(order)]
+    placed = set(order)
+    order += [n for n in blocks if n not in placed]
     idx = [i for n in order for i in blocks[n]]
     return [want[i] for i in idx], [want_text[i] for i in idx]
 
