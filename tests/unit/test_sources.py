@@ -457,3 +457,29 @@ def test_load_paths_unreadable_file(tmp_path):
     d.mkdir()
     e = assert_refused(lambda: load_file(d), str(d), None, None)
     assert "cannot read" in e.problem
+
+
+@pytest.mark.parametrize("doc, says", [
+    # a DTD without any entity is refused too (forbid_dtd), whatever the encoding
+    ("<!DOCTYPE network><network><name>n</name></network>", "unsafe XML"),
+    ('<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE network [<!ENTITY a "aaaa">]>'
+     "<network><name>&a;</name></network>", "unsafe XML"),
+    # an entity that no DTD declared is not expanded: the document is malformed
+    ("<network><name>&undeclared;</name></network>", "malformed XML"),
+    ("<network><name>n</name>", "malformed XML"),
+    ("", "malformed XML"),
+])
+def test_xml_parser_refuses_what_could_expand_or_read(doc, says):
+    data = doc.encode("utf-16") if "UTF-16" in doc else doc
+    e = assert_refused(lambda: parse_network_xml(data, "x.xml"), "x.xml", None, None)
+    assert says in e.problem
+
+
+def test_xml_text_attributes_comments_and_foreign_namespaces():
+    net = parse_network_xml(b"<?xml version='1.0' encoding='UTF-8'?>\n<network ipv6='yes'>\n"
+                            b"  <name> net1 </name><!-- c --><bridge name='vb0'/>"
+                            b"<metadata><app:x xmlns:app='urn:x'>t</app:x></metadata>"
+                            b"<ip address='10.0.0.1' prefix='24'><dhcp><range start='10.0.0.9' "
+                            b"end='10.0.0.99'/></dhcp></ip></network>", "ok.xml")
+    assert (net.name, net.bridge, net.ipv6_nogw) == ("net1", "vb0", True)
+    assert [(str(ip.subnet), ip.dhcp) for ip in net.ips] == [("10.0.0.0/24", True)]

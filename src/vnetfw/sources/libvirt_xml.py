@@ -1,17 +1,18 @@
 """libvirt network XML (``virsh net-dumpxml`` output) -> ``Network``.
 
 Only what shapes the firewall is read; everything else (domain, dns, mtu, mac, bandwidth, ...)
-is accepted and ignored. Parsing goes through defusedxml: entity expansion, external entities
-and DTDs are refused, so a hostile file cannot blow up memory or read local files.
+is accepted and ignored. Documents with a DTD are refused (no entity can then be declared,
+so nothing can expand entities or read local files): the rule defusedxml's ``forbid_dtd``
+applies, applied here to expat directly. (defusedxml hooks expat through the pure-Python
+ElementTree parser; building the few elements of a network definition with C ``Element``
+objects from expat's callbacks reads 1,000 files about twice as fast.)
 """
 
 from __future__ import annotations
 
 import ipaddress
-from xml.etree.ElementTree import Element, ParseError
-
-import defusedxml.ElementTree as DET
-from defusedxml import DefusedXmlException
+from xml.etree.ElementTree import Element
+from xml.parsers import expat
 
 from ..errors import DefinitionError
 from ..model import IPBlock, Mode, Nat, Network, classful_prefix, netmask_prefix, parse_number
@@ -20,15 +21,52 @@ _MODES = {m.value: m for m in Mode if m is not Mode.ISOLATED}
 _YES = {"yes": True, "no": False}
 
 
+class _Unsafe(Exception):
+    """A DTD, an entity declaration or an external entity: refused."""
+
+
+def _parse(data: bytes | str) -> Element:
+    """The document's root element. Raises ``_Unsafe`` for any DTD or entity declaration,
+    ``expat.ExpatError`` when malformed (an undeclared entity reference included)."""
+    p = expat.ParserCreate()
+    p.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+    stack: list[Element] = []
+    roots: list[Element] = []
+
+    def refuse(*_args) -> None:
+        raise _Unsafe()
+
+    def start(tag: str, attrs: dict[str, str]) -> None:
+        el = Element(tag, attrs)
+        (stack[-1].append(el) if stack else roots.append(el))
+        stack.append(el)
+
+    def text(data: str) -> None:
+        el = stack[-1] if stack else None
+        if el is not None and not len(el):       # only text before the first child is read
+            el.text = (el.text or "") + data
+
+    p.StartDoctypeDeclHandler = refuse
+    p.EntityDeclHandler = refuse
+    p.UnparsedEntityDeclHandler = refuse
+    p.ExternalEntityRefHandler = refuse
+    p.StartElementHandler = start
+    p.EndElementHandler = lambda _tag: stack.pop()
+    p.CharacterDataHandler = text
+    p.Parse(data, True)
+    return roots[0]
+
+
 def parse_network_xml(data: bytes | str, source: str = "<string>") -> Network:
     """Parse one ``<network>`` document; raise DefinitionError naming source/network/field."""
     try:
-        root = DET.fromstring(data, forbid_dtd=True)
-    except DefusedXmlException as e:
-        raise DefinitionError(source, f"refused unsafe XML ({type(e).__name__}: entities and "
-                                      "DTDs are not allowed)") from None
-    except ParseError as e:
-        raise DefinitionError(source, f"malformed XML: {e}") from None
+        root = _parse(data)
+    except _Unsafe:
+        raise DefinitionError(source, "refused unsafe XML (a DTD: entities and DTDs are not "
+                                      "allowed)") from None
+    except expat.ExpatError as e:
+        raise DefinitionError(source, f"malformed XML: {expat.ErrorString(e.code)}: line "
+                                      f"{e.lineno}, column {e.offset}") from None
     if root.tag != "network":
         raise DefinitionError(source, f"root element is <{root.tag}>, expected <network>")
     return _Reader(root, source).network()
