@@ -148,14 +148,14 @@ def _forward(net: Network, family: Family, profile: Profile) -> list[Rule]:
             # RETURN goes on to FWI/FWO; a packet RETURNed here meets every other
             # network's FWX rules only if they match its in-interface, which they do not.
             for ip in reversed(net.ips_of(family)):
-                fwx.append(_r(net, family, "filter", "FWX", RETURN, iif=br, src=str(ip.subnet)))
+                fwx.append(_r(net, family, "filter", "FWX", RETURN, iif=br, src=ip.cidr))
         fwx.append(_r(net, family, "filter", "FWX", REJECT, iif=br))
     fwi: list[Rule] = []
     fwo: list[Rule] = []
     if net.mode in (Mode.NAT, Mode.ROUTE):
         # libvirt adds the per-address rules in definition order, each at the top: reversed.
         for ip in reversed(net.ips_of(family)):
-            subnet = str(ip.subnet)
+            subnet = ip.cidr
             fwo.append(_r(net, family, "filter", "FWO", ACCEPT, src=subnet, iif=br, oif=dev))
             if _nat_applies(net, ip):
                 fwi.append(_r(net, family, "filter", "FWI", ACCEPT, dst=subnet, iif=dev, oif=br,
@@ -173,7 +173,7 @@ def _postrouting(net: Network, family: Family) -> list[Rule]:
     for ip in reversed(net.ips_of(family)):
         if not _nat_applies(net, ip):
             continue
-        s = str(ip.subnet)
+        s = ip.cidr
         dev = net.forward_dev
         # Multicast and broadcast must leave unmasqueraded (DHCP, mDNS on the local link).
         rules.append(_r(net, family, "nat", "PRT", RETURN, src=s, dst=_MCAST[family], oif=dev))

@@ -134,9 +134,14 @@ class Ruleset:
     def canonical(cls, prefix: str, rules: Iterable[Rule],
                   families: tuple[Family, ...] = FAMILIES) -> "Ruleset":
         """Build a ruleset with rules in canonical order: by family, then by layout chain;
-        a stable sort, so each chain keeps the order its rules were given in."""
-        return cls(prefix, tuple(sorted(rules, key=lambda r: (r.family, _CHAIN_INDEX[r.table, r.chain]))),
-                   families)
+        each chain keeps the order its rules were given in (a bucket sort: linear)."""
+        buckets: dict[tuple[int, int], list[Rule]] = {}
+        for r in rules:
+            k = (r.family, _CHAIN_INDEX[r.table, r.chain])
+            if (b := buckets.get(k)) is None:
+                buckets[k] = b = []
+            b.append(r)
+        return cls(prefix, tuple(r for k in sorted(buckets) for r in buckets[k]), families)
 
     def chain_name(self, suffix: str) -> str:
         return f"{self.prefix}_{suffix}"
