@@ -297,16 +297,25 @@ def _elements(verb: str, t: str, map_name: str, elems: list[str]) -> str:
 
 @dataclass
 class _Items:
-    """Changes grouped so that the report reads: layout first, then network by network."""
+    """Changes grouped so that the report reads: layout first, then network by network
+    (by name), each group in the order its changes were added."""
 
-    entries: list[tuple[tuple, Change]] = field(default_factory=list)
+    groups: dict[str | None, list[Change]] = field(default_factory=dict)
+
+    @property
+    def entries(self) -> bool:
+        return bool(self.groups)
 
     def add(self, change: Change) -> None:
-        group = (1, change.network) if change.network is not None else (0, "")
-        self.entries.append((group, change))
+        if (g := self.groups.get(change.network)) is None:
+            self.groups[change.network] = g = []
+        g.append(change)
 
     def sorted(self) -> list[Change]:
-        return [c for _, c in sorted(self.entries, key=lambda e: e[0])]
+        out = list(self.groups.get(None, ()))
+        for net in sorted(n for n in self.groups if n is not None):
+            out += self.groups[net]
+        return out
 
 
 # ---------------------------------------------------------------------------------------
