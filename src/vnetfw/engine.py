@@ -146,8 +146,8 @@ class Engine:
     def _untouched(state: State, backend: Backend, profile: Profile,
                    networks: dict[str, Network]) -> bool:
         """True when the live firewall provably still is exactly what vnetfw last committed
-        for ``networks``: same backend, prefix and networks, and the nf_tables generation id
-        has not moved since (no transaction at all, by anyone). No readback needed."""
+        for ``networks``: same backend, prefix, profile and networks, and the generation has
+        not moved since (no change at all, by anyone). No readback needed."""
         return (state.generation is not None and state.backend == backend.name
                 and state.prefix == profile.prefix and state.profile == profile.name
                 and networks == state.networks and backend.generation() == state.generation)
@@ -170,8 +170,8 @@ class Engine:
     def _sync(self, backend: Backend, desired: Ruleset | Callable[[], Ruleset] | None,
               scope: Scope, dry_run: bool, report: Report, prefix: str | None = None,
               partial: "Partial | None" = None) -> Generation | None:
-        """Read, diff, commit. Returns the nf_tables generation the live firewall verifiably
-        matches ``desired`` at (None: unknown, or no generation on this backend).
+        """Read, diff, commit. Returns the generation (nf_tables generation id, x_tables
+        fingerprint) the live firewall verifiably matches ``desired`` at (None: unknown).
 
         ``partial``: the networks that change since vnetfw's previous commit, and that
         commit's generation. If the generation has not moved since, the live state is that
@@ -182,42 +182,41 @@ class Engine:
         g0 = backend.generation()
         if partial is not None and g0 is not None and g0 == partial.generation \
                 and (live := backend.assumed_live(partial.before)) is not None:
-            cs = backend.changes(live, partial.after, "full")
-            mark = len(report.changes)
-            report.changes += cs.items
-            if cs.empty or dry_run:
-                report.applied = not dry_run
-                return g0 if cs.empty else None
             try:
-                backend.commit(live, cs)
-                return backend.generation_after(cs, g0)
+                return self._commit_diff(backend, live, partial.after, "full", dry_run, report,
+                                         g0)
             except BackendError:
-                del report.changes[mark:]       # undone; the full path says what it does
-                g0 = backend.generation()
+                g0 = backend.generation()       # undone; the full path says what it does
         if callable(desired):
             desired = desired()
         live = backend.read()                   # g0 was taken before: the diff's base
-        cs = backend.changes(live, desired, scope, prefix=prefix)
-        report.changes += cs.items
-        if cs.empty or dry_run:
-            report.applied = not dry_run
-            return g0 if cs.empty else None
         try:
-            backend.commit(live, cs)
-            return backend.generation_after(cs, g0)
+            return self._commit_diff(backend, live, desired, scope, dry_run, report, g0, prefix)
         except BackendError as e:
-            optional = desired is not None and any(r.optional for r in desired.rules)
-            if not optional:
+            if desired is None or not any(r.optional for r in desired.rules):
                 raise
-            del report.changes[-len(cs.items):]
             trimmed = replace(desired, rules=tuple(r for r in desired.rules if not r.optional))
             report.warnings.append(f"optional rules (CHECKSUM fix-up) left out: {e}")
-            live = backend.read()
-            cs = backend.changes(live, trimmed, scope, prefix=prefix)
-            report.changes += cs.items
-            if not cs.empty:
-                backend.commit(live, cs)
+            self._commit_diff(backend, backend.read(), trimmed, scope, dry_run, report, None,
+                              prefix)
             return None     # the plan holds rules the kernel refused: never "untouched"
+
+    @staticmethod
+    def _commit_diff(backend: Backend, live: Any, desired: Ruleset | None, scope: Scope,
+                     dry_run: bool, report: Report, g0: Generation | None,
+                     prefix: str | None = None) -> Generation | None:
+        """Diff ``live`` against ``desired`` and commit it (not on a dry run); the changes
+        go into ``report`` once they are committed. Returns the generation the result is
+        verified at (``g0`` if nothing had to change). A failed commit raises, with the live
+        firewall as it was."""
+        cs = backend.changes(live, desired, scope, prefix=prefix)
+        if cs.empty or dry_run:
+            report.changes += cs.items
+            report.applied = not dry_run
+            return g0 if cs.empty else None
+        backend.commit(live, cs)
+        report.changes += cs.items
+        return backend.generation_after(cs, g0)
 
     def _switch_away(self, state: State, backend: Backend, profile: Profile, dry_run: bool,
                      report: Report) -> bool:
