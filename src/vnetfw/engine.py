@@ -262,6 +262,8 @@ class Engine:
 
     def _run_hooks(self, events: list[tuple[Network, str]], report: Report) -> None:
         hooks = self.hooks()
+        if not hooks:
+            return
         for net, event in events:
             payload = json.dumps(net.to_dict())
             for hook in hooks:
