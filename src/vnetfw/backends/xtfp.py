@@ -42,7 +42,6 @@ _FAMILY = {4: (socket.AF_INET, socket.IPPROTO_IP, "ip_tables_names", (90, 96)),
            6: (socket.AF_INET6, socket.IPPROTO_IPV6, "ip6_tables_names", (142, 152))}
 _INFO = struct.Struct("=32sI5I5III")             # struct ipt_getinfo: 84 bytes
 _ENTRIES_HEAD = 40                               # struct ipt_get_entries: name, size, pad
-_ZERO = bytes(16)
 
 _libc = ctypes.CDLL(None, use_errno=True)       # the C library the interpreter links
 
@@ -59,7 +58,6 @@ def _hash_table(h, s: socket.socket, level: int, name: str, at: tuple[int, int])
     """Feed ``h`` one table's hook layout and rules, counters zeroed. (Buffers are shared,
     not copied: the filter table of 1,000 networks is ~5 MB.)"""
     next_at, counters_at = at
-    unpack = struct.Struct("=H").unpack_from
     for _ in range(5):
         info = ctypes.create_string_buffer(name.encode(), _INFO.size)
         _getsockopt(s.fileno(), level, SO_GET_INFO, info)
@@ -74,13 +72,19 @@ def _hash_table(h, s: socket.socket, level: int, name: str, at: tuple[int, int])
             if e.errno == errno.EAGAIN:        # replaced in between: read it again
                 continue
             raise
+        # Entries are 8-byte aligned (and so is _ENTRIES_HEAD): index the blob as u16 for
+        # next_offset and as u64 for the two counters, cheaper than slicing per entry.
+        u16, u64 = memoryview(blob).cast("H"), memoryview(blob).cast("Q")
         off, end = _ENTRIES_HEAD, len(blob)
         while off < end:
-            blob[off + counters_at:off + counters_at + 16] = _ZERO
-            step = unpack(blob, off + next_at)[0]
+            c = (off + counters_at) >> 3
+            u64[c] = u64[c + 1] = 0
+            step = u16[(off + next_at) >> 1]
             if step == 0:
                 raise OSError(errno.EINVAL, f"malformed {name} table entry at {off}")
             off += step
+        u16.release()
+        u64.release()
         h.update(info.raw[32:])
         h.update(memoryview(blob)[_ENTRIES_HEAD:])
         return
@@ -88,7 +92,7 @@ def _hash_table(h, s: socket.socket, level: int, name: str, at: tuple[int, int])
 
 
 def _fingerprint_here() -> Generation:
-    h = hashlib.blake2b(digest_size=8)
+    h = hashlib.sha256()            # SHA extensions: ~2 GB/s here, blake2b ~1.4
     cookie = None
     for fam, (af, level, names_file, at) in _FAMILY.items():
         try:
@@ -106,7 +110,7 @@ def _fingerprint_here() -> Generation:
         finally:
             s.close()
     assert cookie is not None
-    return Generation(int.from_bytes(h.digest(), "big"), cookie, _boot_id())
+    return Generation(int.from_bytes(h.digest()[:8], "big"), cookie, _boot_id())
 
 
 def fingerprint(netns_path: str | None = None) -> Generation:
