@@ -202,8 +202,10 @@ def cmd_setup(a):
 
 def cmd_apply(a):
     from .sources import load_paths
+    eng = _engine(a)
+    eng.prefetch()                  # the firewall's generation, read while files load
     nets = load_paths(a.paths)
-    return _print_report(a, _engine(a).apply(nets, dry_run=a.dry_run))
+    return _print_report(a, eng.apply(nets, dry_run=a.dry_run))
 
 
 def cmd_remove(a):

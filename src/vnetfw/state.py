@@ -87,6 +87,14 @@ class StateStore:
         finally:
             os.close(fd)        # closing releases the flock
 
+    def recorded_backend(self) -> str | None:
+        """The backend the state names, without building its networks (None if none)."""
+        try:
+            b = json.loads(self.path.read_text()).get("backend")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return b if isinstance(b, str) else None
+
     def load(self) -> State:
         try:
             raw = self.path.read_text()

@@ -417,6 +417,35 @@ def test_untouched_firewall_is_not_read_again(netns, flavour, tmp_path, monkeypa
     assert eng.check() == [] and len(reads) == 3
 
 
+@pytest.mark.parametrize("flavour", ALL)
+def test_prefetched_generation_is_used_once_and_only_for_its_backend(netns, flavour, tmp_path,
+                                                                    monkeypatch):
+    """The CLI reads the generation in a helper thread while definitions load: the first
+    read of the command takes it, later reads go to the kernel; a change made before the
+    prefetch is seen, and a prefetch for another backend is ignored."""
+    eng = engine(netns, flavour, tmp_path)
+    eng.apply(NETS)
+    b = eng.backend_for(eng.store.load())
+    calls = []
+    real = type(b).generation
+    monkeypatch.setattr(type(b), "generation", lambda self: calls.append(1) or real(self))
+    eng.prefetch()
+    assert eng._generation(b) == eng.store.load().generation and calls == [1]
+    assert eng._generation(b) is not None and calls == [1, 1]
+    nsrun(netns, *FOREIGN_CHANGE[flavour])                     # before the prefetch
+    reads = []
+    real_read = type(b).read
+    monkeypatch.setattr(type(b), "read", lambda self: reads.append(1) or real_read(self))
+    again = engine(netns, "auto", tmp_path)                    # the recorded backend
+    again.prefetch()
+    assert again.check() == [] and reads == [1], "a change before the prefetch went unseen"
+    other = engine(netns, "nftables" if flavour != "nftables" else "iptables-nft", tmp_path)
+    other.prefetch()                                           # for the other backend
+    n = len(calls)
+    assert other._generation(b) == b.generation() and len(calls) == n + 2, \
+        "a generation prefetched for another backend was taken for this one"
+
+
 LEGACY_EDITS = [
     ("iptables-legacy", "-F", "VNETFW_FWI"),
     ("iptables-legacy", "-t", "nat", "-A", "POSTROUTING", "-o", "eth9", "-j", "MASQUERADE"),
