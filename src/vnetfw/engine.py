@@ -6,6 +6,12 @@ step, and only then saves the new desired state. If the commit fails, the backen
 the live ruleset back as it was and the state file is untouched, so a failed command leaves
 nothing behind. ``dry_run`` computes and reports the same changes without committing.
 
+Reading less: the state records the backend's generation right after each verified commit.
+While the live generation still equals it, the firewall is exactly what vnetfw committed:
+an unchanged re-apply, ``check`` and ``status`` read nothing, and ``apply``/``remove`` plan
+only the networks that differ and let the backend compute their change from its own last
+commit (``Backend.assumed_live``) instead of a readback.
+
 Hooks: after a command changed networks, every executable in the hooks folder (default
 ``/etc/vnetfw/hooks.d``) runs, in name order, as ``HOOK NETWORK EVENT`` with the network's
 definition as JSON on stdin (``EVENT``: added, updated, removed, reloaded), like libvirt's

@@ -44,8 +44,9 @@ class State:
     profile: str | None = None
     prefix: str | None = None
     networks: dict[str, Network] = field(default_factory=dict)
-    # nf_tables generation id right after vnetfw's last verified commit (None: unknown, or
-    # a backend without one). While the live generation equals it, nothing has changed.
+    # The backend's generation right after vnetfw's last verified commit: the nf_tables
+    # generation id, or the x_tables fingerprint on iptables-legacy (None: unknown). While
+    # the live one equals it, nothing has changed.
     generation: Generation | None = None
 
     def to_json(self) -> dict:
