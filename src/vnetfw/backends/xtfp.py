@@ -15,7 +15,10 @@ Netfilter facts this relies on:
 - ``struct ipt_entry``/``ip6t_entry``: ``ipt_ip`` (84 bytes) or ``ip6t_ip6`` (136), then
   ``nfcache`` (u32), ``target_offset`` (u16), ``next_offset`` (u16), ``comefrom`` (u32),
   ``struct xt_counters`` (two u64); IPv4: next_offset at 90, counters at 96; IPv6: 142 and
-  152 (4 bytes of padding align the counters). Entries follow each other by ``next_offset``. Since Linux 4.11 the copy to user space carries no kernel
+  152 (4 bytes of padding align the counters). Entries follow each other by ``next_offset``.
+  That is the layout of 64-bit kernels (x86-64, arm64); where it differed, the counters would
+  not be zeroed and the fingerprint would move with traffic: never a false "unchanged",
+  only a readback every time. Since Linux 4.11 the copy to user space carries no kernel
   pointers, so equal rules give equal bytes.
 - Asking for a table that is not loaded makes the kernel load it (``iptable_nat`` ...):
   only tables listed in ``/proc/thread-self/net/ip(6)_tables_names`` are read, so reading
