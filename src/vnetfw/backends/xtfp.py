@@ -16,9 +16,9 @@ Netfilter facts this relies on:
   ``nfcache`` (u32), ``target_offset`` (u16), ``next_offset`` (u16), ``comefrom`` (u32),
   ``struct xt_counters`` (two u64); IPv4: next_offset at 90, counters at 96; IPv6: 142 and
   152 (4 bytes of padding align the counters). Entries follow each other by ``next_offset``.
-  That is the layout of 64-bit kernels (x86-64, arm64); where it differed, the counters would
-  not be zeroed and the fingerprint would move with traffic: never a false "unchanged",
-  only a readback every time. Since Linux 4.11 the copy to user space carries no kernel
+  That is the layout of 64-bit kernels (x86-64, arm64). The walk must land exactly on the
+  table's end after as many entries as GET_INFO counted; where it does not (another layout),
+  there is no fingerprint, and vnetfw reads the tables every time, as before. Since Linux 4.11 the copy to user space carries no kernel
   pointers, so equal rules give equal bytes.
 - Asking for a table that is not loaded makes the kernel load it (``iptable_nat`` ...):
   only tables listed in ``/proc/thread-self/net/ip(6)_tables_names`` are read, so reading
@@ -64,7 +64,7 @@ def _hash_table(h, s: socket.socket, level: int, name: str, at: tuple[int, int])
     for _ in range(5):
         info = ctypes.create_string_buffer(name.encode(), _INFO.size)
         _getsockopt(s.fileno(), level, SO_GET_INFO, info)
-        size = _INFO.unpack(info.raw)[-1]
+        num_entries, size = _INFO.unpack(info.raw)[-2:]
         blob = bytearray(_ENTRIES_HEAD + size)
         blob[:len(name)] = name.encode()
         struct.pack_into("=I", blob, 32, size)
@@ -78,16 +78,19 @@ def _hash_table(h, s: socket.socket, level: int, name: str, at: tuple[int, int])
         # Entries are 8-byte aligned (and so is _ENTRIES_HEAD): index the blob as u16 for
         # next_offset and as u64 for the two counters, cheaper than slicing per entry.
         u16, u64 = memoryview(blob).cast("H"), memoryview(blob).cast("Q")
-        off, end = _ENTRIES_HEAD, len(blob)
+        off, end, n = _ENTRIES_HEAD, len(blob), 0
         while off < end:
             c = (off + counters_at) >> 3
             u64[c] = u64[c + 1] = 0
             step = u16[(off + next_at) >> 1]
             if step == 0:
-                raise OSError(errno.EINVAL, f"malformed {name} table entry at {off}")
+                break
             off += step
+            n += 1
         u16.release()
         u64.release()
+        if off != end or n != num_entries:     # not the layout we know: no fingerprint
+            raise OSError(errno.EINVAL, f"unexpected x_tables entry layout in {name}")
         h.update(info.raw[32:])
         h.update(memoryview(blob)[_ENTRIES_HEAD:])
         return
