@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable, NamedTuple
 from .backends import BACKENDS, Backend, Change, Scope, get_backend
 from .backends.nfgen import Generation
 from .backends.runner import Runner
-from .errors import BackendError, DefinitionError
+from .errors import BackendError, DefinitionError, RollbackIncomplete
 from .model import Mode, Network, validate_together
 from .plan import PROFILES, Profile, plan
 from .ruleset import Ruleset
@@ -224,6 +224,8 @@ class Engine:
             try:
                 return self._commit_diff(backend, live, partial.after, "full", dry_run, report,
                                          g0)
+            except RollbackIncomplete:
+                raise                           # the live state is no baseline for a retry
             except BackendError:
                 g0 = backend.generation()       # undone; the full path says what it does
         if callable(desired):

@@ -40,6 +40,11 @@ class BackendError(VnetfwError):
     exit_code = 3
 
 
+class RollbackIncomplete(BackendError):
+    """A failed change could not be fully undone: the live firewall differs from before.
+    Never retried another way (that would take the half-undone state as its baseline)."""
+
+
 class StateError(VnetfwError):
     """The state directory cannot be used (unreadable, corrupt, locked)."""
 

@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import blocks_by_name, nsrun, save
 from vnetfw.backends.iptables import IptablesBackend
 from vnetfw.engine import Engine
-from vnetfw.errors import BackendError
+from vnetfw.errors import BackendError, RollbackIncomplete
 from vnetfw.plan import PROFILES, plan
 from vnetfw.sources.toml import parse_toml
 
@@ -444,6 +444,68 @@ def test_prefetched_generation_is_used_once_and_only_for_its_backend(netns, flav
     n = len(calls)
     assert other._generation(b) == b.generation() and len(calls) == n + 2, \
         "a generation prefetched for another backend was taken for this one"
+
+
+def test_legacy_write_during_a_change_is_not_taken_for_ours(netns, tmp_path, monkeypatch):
+    """A fingerprint counts nothing: a foreign write between the read a change is computed
+    from and vnetfw's restore would be in the fingerprint taken after it. vnetfw compares
+    a fingerprint taken right before its restore with the one the change started from."""
+    eng = engine(netns, "iptables-legacy", tmp_path)
+    eng.apply(NETS)
+    real_read = IptablesBackend.read
+
+    def read_then_someone_writes(self):
+        live = real_read(self)
+        nsrun(netns, "iptables-legacy", "-I", "VNETFW_FWI", "1", "-s", "192.0.2.7", "-j", "DROP")
+        return live
+
+    monkeypatch.setattr(IptablesBackend, "read", read_then_someone_writes)
+    eng.remove(["iso"])                         # iptables removes by position: reads first
+    monkeypatch.undo()
+    assert eng.store.load().generation is None, "a foreign write was recorded as ours"
+    # What the race did (the foreign rule, or index edits shifted by it) is seen and fixed.
+    assert eng.check() != [], "the foreign write went unseen"
+    eng.reload()
+    assert eng.check() == [] and eng.store.load().generation is not None
+
+
+def test_system_iptables_flavour_comes_from_its_version_not_its_path():
+    """A wrapper script at /usr/sbin/iptables (Kubernetes, some distros) hides the flavour
+    from the path; iptables --version says it. Unknown: no generation (always read)."""
+    from vnetfw.backends.runner import Runner
+
+    class Says(Runner):
+        def __init__(self, version):
+            super().__init__(None)
+            self.version = version
+
+        def run(self, argv, stdin=None, *, check=True):
+            assert argv == ["iptables", "--version"]
+            return self.version
+
+    assert IptablesBackend(Says("iptables v1.8.9 (nf_tables)\n")).nf_tables is True
+    assert IptablesBackend(Says("iptables v1.8.9 (legacy)\n")).nf_tables is False
+    unknown = IptablesBackend(Says("iptables v1.4.21\n"))
+    assert unknown.nf_tables is None and unknown.generation() is None
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_an_incomplete_undo_is_raised_not_retried(netns, flavour, tmp_path, monkeypatch):
+    """If the appends of the no-readback path cannot all be undone, the live firewall is
+    no longer a baseline: the error is raised as is, and no full retry snapshots it."""
+    eng = engine(netns, flavour, tmp_path)
+    eng.apply([n for n in NETS if n.name != "nat1"])
+    real_script = IptablesBackend.script
+    monkeypatch.setattr(IptablesBackend, "script", lambda self, cs, fam: real_script(
+        self, cs, fam) + ("*filter\n-A VNETFW_FWI -j NO_SUCH_TARGET\nCOMMIT\n" if fam == 6
+                          else ""))
+    monkeypatch.setattr(IptablesBackend, "_undo_appends", lambda self, cs, fams: ["lost"])
+    reads = []
+    real_read = IptablesBackend.read
+    monkeypatch.setattr(IptablesBackend, "read", lambda self: reads.append(1) or real_read(self))
+    with pytest.raises(RollbackIncomplete, match="ROLLBACK INCOMPLETE: lost"):
+        eng.apply([n for n in NETS if n.name == "nat1"])
+    assert reads == [], "retried from a half-undone firewall"
 
 
 LEGACY_EDITS = [

@@ -32,7 +32,7 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
-from ..errors import BackendError
+from ..errors import BackendError, RollbackIncomplete
 from ..ruleset import (CHECKSUM, LAYOUT, MASQUERADE, REJECT, SNAT, TABLES, Family, Rule,
                        Ruleset, chains_of)
 from . import Backend, Change, ChangeSet, Scope
@@ -440,17 +440,30 @@ class IptablesBackend(Backend):
                      6: (f"ip6tables{mid}-save", f"ip6tables{mid}-restore")}
 
     @property
-    def nf_tables(self) -> bool:
-        """Does this flavour write through nf_tables (and so move its generation id)?"""
-        if self.name == "iptables":
-            import os
-            path = self.runner.which("iptables")
-            return path is not None and "nft" in os.path.realpath(path)
-        return self.name == "iptables-nft"
+    def nf_tables(self) -> bool | None:
+        """Does this flavour write through nf_tables (and so move its generation id)? For
+        the system's ``iptables``, what ``iptables --version`` says (a path can lie: distros
+        and Kubernetes put wrapper scripts there); None if it says neither."""
+        if self.name != "iptables":
+            return self.name == "iptables-nft"
+        if not hasattr(self, "_nft_flavour"):
+            try:
+                out = self.runner.run(["iptables", "--version"])
+            except BackendError:
+                out = ""
+            self._nft_flavour = True if "nf_tables" in out else False if "legacy" in out \
+                else None
+        return self._nft_flavour
 
     def generation(self):
-        if self.nf_tables:
+        nft = self.nf_tables
+        if nft:
             return self._nf_generation()
+        if nft is None:
+            return None
+        return self._fingerprint()
+
+    def _fingerprint(self):
         from .xtfp import fingerprint
         try:
             return fingerprint(self._netns_path())
@@ -460,11 +473,18 @@ class IptablesBackend(Backend):
     def generation_after(self, changes, before):
         if self.nf_tables:
             return super().generation_after(changes, before)
-        # x_tables: a fingerprint, not a counter, so it cannot show that nobody else wrote
-        # between our restore and this read. That window is a few milliseconds, and every
-        # legacy writer holds the xtables lock while it writes; a write in it would go
-        # unnoticed until the tables change again (then vnetfw reads them in full).
-        return self.generation() if before is not None else None
+        # x_tables: a fingerprint, not a counter. ``commit`` took one right before its
+        # restore: if it differs from ``before`` (the one the change was computed from),
+        # someone wrote in between and the result is unknown. If the restore did not change
+        # it, the restore did not write these tables at all. Left open: a write by someone
+        # else in the milliseconds between the restore and the read below (every legacy
+        # writer holds the xtables lock while it writes); it would go unnoticed until the
+        # tables change again, when vnetfw reads them in full.
+        pre = getattr(self, "_pre_commit", None)
+        if before is None or pre != before:
+            return None
+        after = self.generation()
+        return after if after is not None and after != pre else None
 
     def transactions(self, changes: ChangeSet) -> int | None:
         # iptables-nft-restore commits one nf_tables transaction per table (per COMMIT).
@@ -607,6 +627,8 @@ class IptablesBackend(Backend):
         """Load each family's script in one restore; on any failure restore every touched
         table from ``live`` and raise."""
         done: list[Family] = []
+        if not self.nf_tables:      # x_tables: see generation_after
+            self._pre_commit = self._fingerprint()
         try:
             for fam in (4, 6):
                 text = self.script(changes, fam)
@@ -618,7 +640,8 @@ class IptablesBackend(Backend):
             problems = self._rollback(live, changes, done)
             msg = f"{self.name}: change failed and was rolled back: {e}"
             if problems:
-                msg += "; ROLLBACK INCOMPLETE: " + "; ".join(problems)
+                raise RollbackIncomplete(msg + "; ROLLBACK INCOMPLETE: "
+                                         + "; ".join(problems)) from e
             raise BackendError(msg) from e
 
     def _rollback(self, live: IptLive, changes: ChangeSet, families: list[Family]) -> list[str]:
@@ -643,28 +666,26 @@ class IptablesBackend(Backend):
 
     def _undo_appends(self, changes: ChangeSet, families: list[Family]) -> list[str]:
         """Delete the rules a failed commit from ``assumed_live`` appended, wherever they
-        landed: each restore commits table by table, so some tables may hold them and
-        others not. They belong to networks that had no rules before, so every copy of
-        such a rule in our chains is one we added (the last ones, if an admin duplicated
-        one meanwhile)."""
+        landed: each restore commits table by table, so a table holds all of its appended
+        rules or none. They belong to networks that had no rules before, so they are
+        deleted by rule spec (``-D CHAIN rule``: the first match, which is ours whatever
+        moved meanwhile). A table holding only some of them is reported."""
         problems = []
         for fam in families:
             try:
                 dumps = parse_save(self.runner.run([self._cmd[fam][0]]))
                 undo = []
                 for table, ed in changes.payload.get(fam, {}).items():
-                    chains = {c: list(r) for c, r in dumps.get(table, TableDump()).chains.items()}
-                    dels = []
-                    for line in reversed(ed.lines):
-                        op, chain, args = line.split(" ", 2)
-                        assert op == "-A", "assumed_live only ever appends"
-                        rules = chains.get(chain, [])
-                        if args in rules:
-                            k = len(rules) - 1 - rules[::-1].index(args)
-                            del rules[k]
-                            dels.append(f"-D {chain} {k + 1}")
-                    if dels:
-                        undo.append(TableEdit(lines=dels).script(table))
+                    chains = dumps.get(table, TableDump()).chains
+                    appended = [line.split(" ", 2) for line in ed.lines]
+                    assert all(op == "-A" for op, _, _ in appended), "assumed_live only appends"
+                    there = [(c, a) for _, c, a in appended if a in chains.get(c, ())]
+                    if there and len(there) != len(appended):
+                        problems.append(f"ipv{fam} {table}: {len(there)} of {len(appended)} "
+                                        "appended rules found")
+                    if there:
+                        undo.append(TableEdit(lines=[f"-D {c} {a}" for c, a in reversed(there)])
+                                    .script(table))
                 if undo:
                     self.runner.run([self._cmd[fam][1], "-w", "--noflush"], stdin="".join(undo))
             except BackendError as e:
