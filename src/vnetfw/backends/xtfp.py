@@ -57,10 +57,39 @@ def _getsockopt(fd: int, level: int, opt: int, buf: ctypes.Array) -> None:
         raise OSError(e, f"getsockopt {opt}: {errno.errorcode.get(e, e)}")
 
 
+def _zero_counters(blob: bytearray, start: int, at: tuple[int, int], num_entries: int,
+                   name: str) -> None:
+    """Zero the counters of the entries from ``start`` to the end of ``blob``, in place.
+    Raises OSError unless the walk by ``next_offset`` lands exactly on the end after
+    ``num_entries`` entries (another layout than the one this module knows)."""
+    next_at, counters_at = at
+    # Entries are 8-byte aligned (and so is ``start``): index the blob as u16 for
+    # next_offset and as u64 for the two counters, cheaper than slicing per entry.
+    if (len(blob) - start) % 8 or start % 8:
+        raise OSError(errno.EINVAL, f"unexpected x_tables entry layout in {name}")
+    u16, u64 = memoryview(blob).cast("H"), memoryview(blob).cast("Q")
+    off, end, n = start, len(blob), 0
+    try:
+        while off < end:
+            c = (off + counters_at) >> 3
+            u64[c] = u64[c + 1] = 0
+            step = u16[(off + next_at) >> 1]
+            if step == 0 or step % 8:
+                break
+            off += step
+            n += 1
+    except IndexError:              # an entry ran past the end
+        off = -1
+    finally:
+        u16.release()
+        u64.release()
+    if off != end or n != num_entries:
+        raise OSError(errno.EINVAL, f"unexpected x_tables entry layout in {name}")
+
+
 def _hash_table(h, s: socket.socket, level: int, name: str, at: tuple[int, int]) -> None:
     """Feed ``h`` one table's hook layout and rules, counters zeroed. (Buffers are shared,
     not copied: the filter table of 1,000 networks is ~5 MB.)"""
-    next_at, counters_at = at
     for _ in range(5):
         info = ctypes.create_string_buffer(name.encode(), _INFO.size)
         _getsockopt(s.fileno(), level, SO_GET_INFO, info)
@@ -75,22 +104,7 @@ def _hash_table(h, s: socket.socket, level: int, name: str, at: tuple[int, int])
             if e.errno == errno.EAGAIN:        # replaced in between: read it again
                 continue
             raise
-        # Entries are 8-byte aligned (and so is _ENTRIES_HEAD): index the blob as u16 for
-        # next_offset and as u64 for the two counters, cheaper than slicing per entry.
-        u16, u64 = memoryview(blob).cast("H"), memoryview(blob).cast("Q")
-        off, end, n = _ENTRIES_HEAD, len(blob), 0
-        while off < end:
-            c = (off + counters_at) >> 3
-            u64[c] = u64[c + 1] = 0
-            step = u16[(off + next_at) >> 1]
-            if step == 0:
-                break
-            off += step
-            n += 1
-        u16.release()
-        u64.release()
-        if off != end or n != num_entries:     # not the layout we know: no fingerprint
-            raise OSError(errno.EINVAL, f"unexpected x_tables entry layout in {name}")
+        _zero_counters(blob, _ENTRIES_HEAD, at, num_entries, name)
         h.update(info.raw[32:])
         h.update(memoryview(blob)[_ENTRIES_HEAD:])
         return
@@ -106,6 +120,9 @@ def _fingerprint_here() -> Generation:
                 loaded = set(f.read().split())
         except FileNotFoundError:               # x_tables of this family not built in
             loaded = set()
+        if not loaded & set(TABLES):
+            h.update(f"|{fam} none|".encode())  # nothing to read (nor a socket to open:
+            continue                            # with IPv6 disabled there is none)
         s = socket.socket(af, socket.SOCK_RAW, socket.IPPROTO_RAW)
         try:
             cookie = netns_cookie(s)
@@ -115,7 +132,10 @@ def _fingerprint_here() -> Generation:
                     _hash_table(h, s, level, table, at)
         finally:
             s.close()
-    assert cookie is not None
+    if cookie is None:              # no table loaded at all: still a namespace to name
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        with s:
+            cookie = netns_cookie(s)
     return Generation(int.from_bytes(h.digest()[:8], "big"), cookie, _boot_id())
 
 
