@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from . import __version__
 from .errors import StateError
 from .backends.nfgen import Generation
 from .model import Network, network_from_dict
@@ -51,7 +52,7 @@ class State:
 
     def to_json(self) -> dict:
         return {"version": FORMAT_VERSION, "backend": self.backend, "profile": self.profile,
-                "prefix": self.prefix,
+                "prefix": self.prefix, "vnetfw": __version__,
                 "generation": list(self.generation) if self.generation else None,
                 "networks": [self.networks[k].to_dict() for k in sorted(self.networks)]}
 
@@ -115,6 +116,10 @@ class StateStore:
             gen = Generation(*d["generation"]) if d.get("generation") else None
         except TypeError:
             gen = None          # written by another version: just read the firewall once
+        if d.get("vnetfw") != __version__:
+            # Another vnetfw committed it: its rules may not be this version's plan, so
+            # "nothing changed since" proves nothing. Read the firewall once.
+            gen = None
         return State(d.get("backend"), d.get("profile"), d.get("prefix"),
                      {n.name: n for n in nets}, gen)
 

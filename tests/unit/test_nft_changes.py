@@ -284,3 +284,5 @@ def test_a_refused_commit_says_what_the_kernel_lacks():
                                            "refused an nftables probe table"):
         b.commit(NftLive.empty(), cs)
     assert [c[:3] for c in OldKernel.calls] == [["nft", "-f", "-"], ["nft", "-c", "-f"]]
+    with pytest.raises(BackendError, match="nftables is not usable here: the kernel refused"):
+        b.read()                # check/status read first: the same explanation

@@ -356,8 +356,14 @@ class NftablesBackend(Backend):
         if self.runner.which(self.nft) is None:
             raise BackendError(f"{self.nft} not found (apt-get install nftables)")
         # JSON prints ports and priorities as numbers whatever the flags.
-        live = NftLive(parse_listing(self.runner.run([self.nft, "-j", "list", "ruleset",
-                                                      NFT_FAMILY])))
+        try:
+            listing = self.runner.run([self.nft, "-j", "list", "ruleset", NFT_FAMILY])
+        except CommandFailed as e:
+            # A backend named explicitly is not probed up front (see commit): explain here.
+            if (why := self.available()) is not None:
+                raise BackendError(f"nftables is not usable here: {why}") from e
+            raise
+        live = NftLive(parse_listing(listing))
         for t in live.tables.values():
             for name in ADMIN_CHAINS:
                 c = t.chains.get(name)
