@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .backends.iptables import IptLive, parse_save
+from .backends.iptables import IptLive, flavour_of, parse_save
 from .backends.runner import CommandFailed, Runner
 from .errors import BackendError, VnetfwError
 from .model import Network
@@ -77,18 +77,6 @@ class Facts:
     links: dict[str, Link] | None = None
     firewalld: Firewalld | None = None
     not_checked: list[str] = field(default_factory=list)
-
-
-def _flavour_of(runner: Runner, backend: str | None) -> str | None:
-    if backend in FLAVOURS:
-        return backend
-    if backend == "iptables":
-        try:
-            out = runner.run(["iptables", "--version"])
-        except BackendError:
-            return None
-        return "iptables-nft" if "nf_tables" in out else "iptables-legacy"
-    return None
 
 
 def _ipt_cmd(flavour: str, fam: int) -> str:
@@ -215,7 +203,7 @@ def gather(netns: str | None = None, state_dir: str | Path | None = None,
         f.networks, f.networks_from = list(networks), "arguments"
     else:
         f.networks = state_nets
-    f.flavour = _flavour_of(runner, f.backend)
+    f.flavour = flavour_of(runner, f.backend)
 
     for key, path in SYSCTLS.items():
         try:

@@ -26,31 +26,13 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from .backends import Backend, Change, ChangeSet
-from .backends.iptables import IptablesBackend, IptLive, TableEdit
-from .backends.runner import Runner
+from .backends.iptables import IptablesBackend, IptLive, TableEdit, flavour_of
 from .engine import Engine, Report
 from .errors import BackendError
 from .migrate import Edits, Findings, KeptRule, Mode, OldRule, plan_flavour
 from .model import Network
 
 FLAVOURS = ("iptables-nft", "iptables-legacy")
-
-
-def resolve_flavour(runner: Runner, backend_name: str) -> str | None:
-    """The iptables flavour a backend writes to (``iptables`` is whichever the system's
-    ``iptables`` is), or None for a backend that is not iptables."""
-    if backend_name in FLAVOURS:
-        return backend_name
-    if backend_name == "iptables":
-        try:
-            out = runner.run(["iptables", "--version"])
-        except BackendError:
-            return None
-        if "nf_tables" in out:
-            return "iptables-nft"
-        if "legacy" in out:
-            return "iptables-legacy"
-    return None
 
 
 def edits_changeset(ed: Edits, f: Findings, extra: ChangeSet | None = None) -> ChangeSet:
@@ -130,7 +112,7 @@ class MigrationEngine(Engine):
         b = super().backend_for(state)
         if not self._resolved:
             self._resolved = True
-            self.flavour = resolve_flavour(self.runner, b.name)
+            self.flavour = flavour_of(self.runner, b.name)
             if self.flavour is not None and isinstance(b, IptablesBackend):
                 self.folded = FoldingBackend(b, self.flavour, *self._mig)
         return self.folded if self.folded is not None else b

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from tests.conftest import blocks_by_name, nsrun, save
-from vnetfw.backends.iptables import IptablesBackend
+from vnetfw.backends.iptables import IptablesBackend, flavour_of
 from vnetfw.engine import Engine
 from vnetfw.errors import BackendError, RollbackIncomplete
 from vnetfw.plan import PROFILES, plan
@@ -485,8 +485,13 @@ def test_system_iptables_flavour_comes_from_its_version_not_its_path():
 
     assert IptablesBackend(Says("iptables v1.8.9 (nf_tables)\n")).nf_tables is True
     assert IptablesBackend(Says("iptables v1.8.9 (legacy)\n")).nf_tables is False
-    unknown = IptablesBackend(Says("iptables v1.4.21\n"))
+    assert IptablesBackend(Says("iptables v1.6.1\n")).nf_tables is False    # before 1.8
+    unknown = IptablesBackend(Says("iptables v1.8.9\n"))
     assert unknown.nf_tables is None and unknown.generation() is None
+    # doctor and migrate ask the same question the same way
+    assert flavour_of(Says("iptables v1.8.9 (nf_tables)\n"), "iptables") == "iptables-nft"
+    assert flavour_of(Says("x"), "iptables-legacy") == "iptables-legacy"
+    assert flavour_of(Says("x"), "nftables") is None
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)

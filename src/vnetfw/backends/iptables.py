@@ -36,6 +36,7 @@ from ..errors import BackendError, RollbackIncomplete
 from ..ruleset import (CHECKSUM, LAYOUT, MASQUERADE, REJECT, SNAT, TABLES, Family, Rule,
                        Ruleset, chains_of)
 from . import Backend, Change, ChangeSet, Scope
+from .nfgen import Generation
 from .runner import Runner
 
 COMMENT_PREFIX = "vnetfw:"
@@ -46,6 +47,7 @@ BUILTINS = {
     "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
 }
 _DEFAULT_REJECT = {4: "icmp-port-unreachable", 6: "icmp6-port-unreachable"}
+_UNKNOWN = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,6 +431,26 @@ def _rule_edits(live: list[str], want: list[Rule], chain: str, fam: Family, tabl
     return lines
 
 
+def flavour_of(runner: Runner, backend: str | None) -> str | None:
+    """The iptables flavour a backend writes to: ``iptables-nft``, ``iptables-legacy``, or
+    None (not an iptables backend, or no telling). For ``iptables``, whichever the system's
+    ``iptables`` is, by what ``iptables --version`` says, not by its path (distros and
+    Kubernetes put wrapper scripts there): ``(nf_tables)``, ``(legacy)``, or a version
+    before 1.8 (legacy: the nf_tables variant came with 1.8)."""
+    if backend in ("iptables-nft", "iptables-legacy"):
+        return backend
+    if backend != "iptables":
+        return None
+    try:
+        out = runner.run(["iptables", "--version"])
+    except BackendError:
+        return None
+    if "nf_tables" in out:
+        return "iptables-nft"
+    m = re.match(r"iptables v1\.(\d+)", out)
+    return "iptables-legacy" if "legacy" in out or (m and int(m.group(1)) < 8) else None
+
+
 class IptablesBackend(Backend):
     """iptables-save/iptables-restore for one flavour (nft, legacy, or the system default)."""
 
@@ -438,22 +460,16 @@ class IptablesBackend(Backend):
         mid = "" if flavour == "iptables" else flavour.removeprefix("iptables")
         self._cmd = {4: (f"iptables{mid}-save", f"iptables{mid}-restore"),
                      6: (f"ip6tables{mid}-save", f"ip6tables{mid}-restore")}
+        self._flavour: object = _UNKNOWN     # flavour_of(), asked once
+        self._pre_commit: Generation | None = None     # x_tables: see generation_after
 
     @property
     def nf_tables(self) -> bool | None:
-        """Does this flavour write through nf_tables (and so move its generation id)? For
-        the system's ``iptables``, what ``iptables --version`` says (a path can lie: distros
-        and Kubernetes put wrapper scripts there); None if it says neither."""
-        if self.name != "iptables":
-            return self.name == "iptables-nft"
-        if not hasattr(self, "_nft_flavour"):
-            try:
-                out = self.runner.run(["iptables", "--version"])
-            except BackendError:
-                out = ""
-            self._nft_flavour = True if "nf_tables" in out else False if "legacy" in out \
-                else None
-        return self._nft_flavour
+        """Does this flavour write through nf_tables (and so move its generation id)?
+        None if the system's ``iptables`` does not say (``flavour_of``)."""
+        if self._flavour is _UNKNOWN:
+            self._flavour = flavour_of(self.runner, self.name)
+        return None if self._flavour is None else self._flavour == "iptables-nft"
 
     def generation(self):
         nft = self.nf_tables
@@ -480,7 +496,7 @@ class IptablesBackend(Backend):
         # else in the milliseconds between the restore and the read below (every legacy
         # writer holds the xtables lock while it writes); it would go unnoticed until the
         # tables change again, when vnetfw reads them in full.
-        pre = getattr(self, "_pre_commit", None)
+        pre = self._pre_commit
         if before is None or pre != before:
             return None
         after = self.generation()
