@@ -156,9 +156,15 @@ class Engine:
         """True when the live firewall provably still is exactly what vnetfw last committed
         for ``networks``: same backend, prefix, profile and networks, and the generation has
         not moved since (no change at all, by anyone). No readback needed."""
+        return (self._last_commit_was(state, backend, profile) and networks == state.networks
+                and self._generation(backend) == state.generation)
+
+    @staticmethod
+    def _last_commit_was(state: State, backend: Backend, profile: Profile) -> bool:
+        """Did vnetfw's last verified commit use this backend, prefix and profile? (If not,
+        or if its generation is unknown, no command may skip reading the firewall.)"""
         return (state.generation is not None and state.backend == backend.name
-                and state.prefix == profile.prefix and state.profile == profile.name
-                and networks == state.networks and self._generation(backend) == state.generation)
+                and state.prefix == profile.prefix and state.profile == profile.name)
 
     def prefetch(self) -> None:
         """Begin reading the firewall's generation in a helper thread, for the command that
@@ -196,8 +202,7 @@ class Engine:
         """The networks that differ between vnetfw's last commit and ``after``, planned as
         they were and as they will be; None if the last commit was with another backend or
         prefix or profile (every network's rules change then), or its generation is unknown."""
-        if state.generation is None or state.backend != backend.name \
-                or state.prefix != profile.prefix or state.profile != profile.name:
+        if not self._last_commit_was(state, backend, profile):
             return None
         before = state.networks
         names = [n for n in before if after.get(n) != before[n]] + \
