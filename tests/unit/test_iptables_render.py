@@ -376,3 +376,40 @@ def test_blocks_in_another_order_than_the_plan_are_no_change():
     assert any(l.startswith("-I VNETFW_FWO 3 ") and "br-a2" in l for l in lines)
     _apply_edits(live, cs)
     assert be.changes(live, plan(changed, prof), "full").empty
+
+
+def test_undo_of_appends_deletes_by_rule_spec_and_reports_a_partial_table():
+    """After a failed restore from ``assumed_live``: a table holding all its appended rules
+    gets them deleted by rule spec (robust to anything that moved), one holding none was
+    never committed, and one holding only some is reported."""
+    from vnetfw.backends import ChangeSet
+    from vnetfw.backends.iptables import TableEdit
+
+    a1 = '-i br-x -m comment --comment "vnetfw:x" -j REJECT --reject-with icmp-port-unreachable'
+    a2 = '-o br-x -m comment --comment "vnetfw:x" -j REJECT --reject-with icmp-port-unreachable'
+    a3 = '-s 10.9.0.0/24 -m comment --comment "vnetfw:x" -j RETURN'
+
+    class Fake(Runner):
+        def __init__(self):
+            super().__init__(None)
+            self.restored = []
+
+        def run(self, argv, stdin=None, *, check=True):
+            if argv[0].endswith("-save"):       # filter has both, mangle one of two, nat none
+                return ("*filter\n:VNETFW_FWO - [0:0]\n:VNETFW_FWI - [0:0]\n"
+                        f"-A VNETFW_FWO -i other -j ACCEPT\n-A VNETFW_FWO {a1}\n"
+                        f"-A VNETFW_FWI {a2}\nCOMMIT\n*nat\n:VNETFW_PRT - [0:0]\nCOMMIT\n"
+                        f"*mangle\n:VNETFW_PRT - [0:0]\n-A VNETFW_PRT {a3}\nCOMMIT\n")
+            self.restored.append(stdin)
+            return ""
+
+    runner = Fake()
+    be = IptablesBackend(runner, flavour="iptables-legacy")
+    cs = ChangeSet([], {4: {
+        "filter": TableEdit(lines=[f"-A VNETFW_FWO {a1}", f"-A VNETFW_FWI {a2}"]),
+        "nat": TableEdit(lines=[f"-A VNETFW_PRT {a3}"]),
+        "mangle": TableEdit(lines=[f"-A VNETFW_PRT {a3}", f"-A VNETFW_PRT {a1}"])}})
+    problems = be._undo_appends(cs, [4])
+    assert problems == ["ipv4 mangle: 1 of 2 appended rules found"]
+    assert runner.restored == [f"*filter\n-D VNETFW_FWI {a2}\n-D VNETFW_FWO {a1}\nCOMMIT\n"
+                               f"*mangle\n-D VNETFW_PRT {a3}\nCOMMIT\n"]
