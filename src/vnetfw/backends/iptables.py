@@ -643,7 +643,7 @@ class IptablesBackend(Backend):
         """Load each family's script in one restore; on any failure restore every touched
         table from ``live`` and raise."""
         done: list[Family] = []
-        if not self.nf_tables:      # x_tables: see generation_after
+        if self.nf_tables is False:     # x_tables: see generation_after
             self._pre_commit = self._fingerprint()
         try:
             for fam in (4, 6):
