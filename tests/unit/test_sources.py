@@ -467,10 +467,12 @@ def test_load_paths_unreadable_file(tmp_path):
     # an entity that no DTD declared is not expanded: the document is malformed
     ("<network><name>&undeclared;</name></network>", "malformed XML"),
     ("<network><name>n</name>", "malformed XML"),
+    ('<?xml version="1.0" encoding="no-such-encoding"?><network/>', "malformed XML"),
+    ('<?xml version="1.0" encoding="shift_jis"?><network/>', "malformed XML"),
     ("", "malformed XML"),
 ])
 def test_xml_parser_refuses_what_could_expand_or_read(doc, says):
-    data = doc.encode("utf-16") if "UTF-16" in doc else doc
+    data = doc.encode("utf-16") if "UTF-16" in doc else doc.encode()
     e = assert_refused(lambda: parse_network_xml(data, "x.xml"), "x.xml", None, None)
     assert says in e.problem
 

@@ -38,7 +38,10 @@ def _parse(data: bytes | str) -> Element:
 
     def start(tag: str, attrs: dict[str, str]) -> None:
         el = Element(tag, attrs)
-        (stack[-1].append(el) if stack else roots.append(el))
+        if stack:
+            stack[-1].append(el)
+        else:
+            roots.append(el)
         stack.append(el)
 
     def text(data: str) -> None:
@@ -67,6 +70,8 @@ def parse_network_xml(data: bytes | str, source: str = "<string>") -> Network:
     except expat.ExpatError as e:
         raise DefinitionError(source, f"malformed XML: {expat.ErrorString(e.code)}: line "
                                       f"{e.lineno}, column {e.offset}") from None
+    except (LookupError, ValueError) as e:      # an encoding expat does not know or take
+        raise DefinitionError(source, f"malformed XML: {e}") from None
     if root.tag != "network":
         raise DefinitionError(source, f"root element is <{root.tag}>, expected <network>")
     return _Reader(root, source).network()
