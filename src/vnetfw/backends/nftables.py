@@ -302,10 +302,6 @@ class _Items:
 
     groups: dict[str | None, list[Change]] = field(default_factory=dict)
 
-    @property
-    def entries(self) -> bool:
-        return bool(self.groups)
-
     def add(self, change: Change) -> None:
         if (g := self.groups.get(change.network)) is None:
             self.groups[change.network] = g = []
@@ -384,9 +380,8 @@ class NftablesBackend(Backend):
         every network (``nft -j list`` of 1,000 networks: ~1.5 s with parsing). Safe
         because a transaction needs no rollback snapshot; admin chains' rules are unknown
         here, and nothing below ever touches them."""
-        desired = committed
-        want = self.effective(desired)
-        t = LiveTable(table_name(desired.prefix))
+        want = self.effective(committed)
+        t = LiveTable(table_name(committed.prefix))
         for name in ADMIN_CHAINS:
             t.chains[name] = LiveChain(name, 0, {})
         for b in BASE_CHAINS:
@@ -482,7 +477,7 @@ class NftablesBackend(Backend):
             return ChangeSet(items.sorted(), f"delete table {where}\n" + fresh
                              + "".join(_admin_restore(tname, text)
                                        for text in t.admin_text.values()))
-        return ChangeSet(items.sorted(), script.text() if items.entries else "")
+        return ChangeSet(items.sorted(), script.text() if items.groups else "")
 
     def _sync_layout(self, t: LiveTable, s: _Script, items: _Items) -> set[str]:
         """Table flags, maps and base chains; returns the names of maps (re)created, whose
