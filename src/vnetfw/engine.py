@@ -32,15 +32,15 @@ import subprocess
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 from .backends import BACKENDS, Backend, Change, Scope, get_backend
 from .backends.nfgen import Generation
 from .backends.runner import Runner
 from .errors import BackendError, DefinitionError, RollbackIncomplete
 from .model import Mode, Network, validate_together
-from .plan import PROFILES, Profile, plan
-from .ruleset import Ruleset
+from .plan import PROFILES, Profile, plan, plan_networks
+from .ruleset import Rule, Ruleset
 from .state import State, StateStore, default_state_dir
 
 DEFAULT_HOOKS_DIR = "/etc/vnetfw/hooks.d"
@@ -213,7 +213,9 @@ class Engine:
 
     def _sync(self, backend: Backend, desired: Ruleset | Callable[[], Ruleset] | None,
               scope: Scope, dry_run: bool, report: Report, prefix: str | None = None,
-              partial: "Partial | None" = None) -> Generation | None:
+              partial: "Partial | None" = None,
+              fresh: Callable[[], Iterable[tuple[str, Sequence[Rule]]]] | None = None
+              ) -> Generation | None:
         """Read, diff, commit. Returns the generation (nf_tables generation id, x_tables
         fingerprint) the live firewall verifiably matches ``desired`` at (None: unknown).
 
@@ -222,7 +224,13 @@ class Engine:
         commit's, and a backend that can (``assumed_live``) computes and commits the change
         of those networks alone, without reading the firewall or planning the others. If
         that commit fails (the backend has undone it), the full path runs. ``desired`` may
-        be given as a function: every network is then planned only if the full path runs."""
+        be given as a function: every network is then planned only if the full path runs.
+
+        ``fresh``: the same networks, planned one by one (``plan_networks``), with
+        ``prefix``. If the live firewall holds nothing of that prefix's (first apply, after
+        a reboot or a flush), the backend loads them while they are planned
+        (``load_fresh``); if that fails, it has loaded nothing and the full path runs,
+        which says why (or leaves out optional rules the kernel lacks)."""
         g0 = self._generation(backend)
         if partial is not None and g0 is not None and g0 == partial.generation \
                 and (live := backend.assumed_live(partial.before)) is not None:
@@ -233,9 +241,21 @@ class Engine:
                 raise                           # the live state is no baseline for a retry
             except BackendError:
                 g0 = backend.generation()       # undone; the full path says what it does
+        live = backend.read()                   # g0 was taken before: the diff's base
+        if fresh is not None and prefix is not None and not dry_run \
+                and backend.vacant(live, prefix):
+            try:
+                cs = backend.load_fresh(live, prefix, fresh())
+            except RollbackIncomplete:
+                raise
+            except BackendError:
+                g0 = backend.generation()
+                live = backend.read()
+            else:
+                report.changes += cs.items
+                return backend.generation_after(cs, g0)
         if callable(desired):
             desired = desired()
-        live = backend.read()                   # g0 was taken before: the diff's base
         try:
             return self._commit_diff(backend, live, desired, scope, dry_run, report, g0, prefix)
         except BackendError as e:
@@ -356,7 +376,8 @@ class Engine:
             if self._untouched(state, b, prof, merged):
                 return rep                                  # nothing to do, nothing read
             gen = self._sync(b, lambda: plan(merged.values(), prof), "full", dry_run, rep,
-                             partial=self._partial(state, b, prof, merged))
+                             prof.prefix, partial=self._partial(state, b, prof, merged),
+                             fresh=lambda: plan_networks(merged.values(), prof))
             if self._switch_away(state, b, prof, dry_run, rep):
                 gen = None
             if not dry_run:
@@ -403,7 +424,9 @@ class Engine:
             if self._untouched(state, b, prof, state.networks):
                 gen = state.generation
             else:
-                gen = self._sync(b, plan(state.networks.values(), prof), "full", dry_run, rep)
+                gen = self._sync(b, lambda: plan(state.networks.values(), prof), "full",
+                                 dry_run, rep, prof.prefix,
+                                 fresh=lambda: plan_networks(state.networks.values(), prof))
                 if self._switch_away(state, b, prof, dry_run, rep):
                     gen = None
             if not dry_run and ((state.backend, state.prefix, state.generation)

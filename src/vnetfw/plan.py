@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from .model import IPBlock, Mode, Network, chain_prefix_problem, validate_together
 from .ruleset import (ACCEPT, CHECKSUM, CT_REPLY, MASQUERADE, REJECT, RETURN, SNAT, Family,
@@ -66,6 +66,15 @@ def plan(networks: Iterable[Network], profile: Profile) -> Ruleset:
     for net in nets:
         rules.extend(network_rules(net, profile))
     return Ruleset.canonical(profile.prefix, rules)
+
+
+def plan_networks(networks: Iterable[Network], profile: Profile
+                  ) -> Iterator[tuple[str, tuple[Rule, ...]]]:
+    """``plan`` network by network: (name, its rules) in name order, each network planned
+    only when the consumer asks for it, so a backend can load one network while the next
+    is planned (``Backend.load_fresh``). The networks are checked together first."""
+    for net in validate_together(networks):
+        yield net.name, network_rules(net, profile)
 
 
 @functools.lru_cache(maxsize=16384)

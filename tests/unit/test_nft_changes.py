@@ -224,11 +224,11 @@ def test_map_of_wrong_type_is_recreated_with_all_its_elements():
 def test_setup_scope_creates_only_the_layout():
     cs = b.changes(NftLive.empty(), desired(), "setup")
     text = cs.payload
-    assert re.findall(r"^add chain inet vnetfw (\S+)", text, re.M) == [
+    assert re.findall(r"^\tchain (\S+) \{", text, re.M) == [
         "admin_input", "admin_output", "admin_forward", "admin_postrouting",
         "input", "output", "forward", "postrouting"]
-    assert len(re.findall(r"^add map ", text, re.M)) == 7
-    assert "element" not in text and "-" not in " ".join(re.findall(r"add rule \S+ \S+ (\S+)", text))
+    assert len(re.findall(r"^\tmap ", text, re.M)) == 7
+    assert "element" not in text and not re.search(r"\b(inp|out|fwx|fwi|fwo|nat)[46]-", text)
     assert b.changes(NftLive.empty(), None, "setup", prefix="VNETFW").payload == text
 
 
@@ -286,3 +286,52 @@ def test_a_refused_commit_says_what_the_kernel_lacks():
     assert [c[:3] for c in OldKernel.calls] == [["nft", "-f", "-"], ["nft", "-c", "-f"]]
     with pytest.raises(BackendError, match="nftables is not usable here: the kernel refused"):
         b.read()                # check/status read first: the same explanation
+
+
+# ---------------------------------------------------------------------------------------------
+# A table that does not exist yet: one block, written piece by piece (load_fresh)
+
+
+@pytest.mark.parametrize("profile", ["default", "libvirt"])
+def test_fresh_table_reports_what_a_diff_against_an_empty_table_does(profile):
+    """The block a vacant firewall gets reports exactly what the line-by-line diff against
+    an existing but empty table reports, plus the table itself."""
+    from vnetfw.backends import Change
+    from vnetfw.backends.nftables import LiveTable, table_name
+    rs = desired(profile=profile)
+    t = table_name(rs.prefix)
+    fresh = b.changes(NftLive.empty(), rs, "full")
+    diffed = b.changes(NftLive({t: LiveTable(t)}), rs, "full")
+    assert fresh.items == [Change(None, "create", "inet", f"table {t}")] + diffed.items
+    assert any(c.network for c in fresh.items)
+
+
+def test_fresh_table_is_one_block_so_a_cut_off_input_cannot_parse():
+    """Every network is inside ``table inet T { ... }``: nothing outside the block but the
+    closing brace, so input cut off before the end leaves a block open (nft: syntax error,
+    nothing loaded; the kernel test proves the refusal)."""
+    text = b.changes(NftLive.empty(), desired(), "full").payload
+    body = text.splitlines()
+    assert body[0] == "table inet vnetfw {" and body[-1] == "}"
+    assert all(l.startswith("\t") for l in body[1:-1])
+
+
+def test_fresh_pieces_come_network_by_network_in_the_order_given():
+    rs = desired()
+    from vnetfw.backends.nftables import _by_network
+    nets = _by_network(rs)[::-1]
+    pieces = list(b.fresh(rs.prefix, nets))
+    assert len(pieces) == len(nets) + 2                 # head, one per network, tail
+    for (name, _), (text, items) in zip(nets, pieces[1:-1]):
+        assert text.startswith(f"\t# network {name}\n")
+        assert {c.network for c in items} == {name}
+
+
+def test_fresh_refuses_two_networks_dispatched_by_one_key():
+    rs = desired()
+    from vnetfw.backends.nftables import _by_network
+    (n1, r1), (n2, r2) = _by_network(rs)[:2]
+    clash = [r._replace(network=n2) for r in r1]     # n1's bridge under n2's name
+    from vnetfw.errors import BackendError
+    with pytest.raises(BackendError, match="would dispatch to both"):
+        list(b.fresh(rs.prefix, [(n1, r1), (n2, clash)]))

@@ -16,15 +16,18 @@ Every backend offers the same small contract, so the engine never knows which on
 - ``generation()`` and ``assumed_live(committed)``: how the engine skips the readback (and
   the planning of networks that do not change) while it can prove that nothing changed
   since its own last commit.
+- ``vacant(live, prefix)`` and ``load_fresh(live, prefix, networks)``: loading into a firewall
+  that holds nothing of vnetfw's (boot, first apply) while the networks are still being
+  planned, so the kernel-facing process parses in parallel with the planner.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Iterable, Literal, NamedTuple, Sequence
 
 from ..errors import BackendError
-from ..ruleset import Family, Ruleset
+from ..ruleset import Family, Rule, Ruleset
 from .runner import Runner
 
 if TYPE_CHECKING:
@@ -122,6 +125,22 @@ class Backend:
         networks that stay. Returns None where the backend cannot do that for these
         networks; the engine then reads the live state."""
         return None
+
+    def vacant(self, live: Any, prefix: str) -> bool:
+        """True when ``live`` holds nothing of the prefix's layout (no chain, table or jump
+        of vnetfw's): the layout and every network are then new, and ``load_fresh`` may
+        load them while they are being planned. False where the backend cannot."""
+        return False
+
+    def load_fresh(self, live: Any, prefix: str,
+                   networks: Iterable[tuple[str, Sequence[Rule]]]) -> ChangeSet:
+        """Commit the layout and ``networks`` (each network's planned rules, in the order
+        to load them) into a ``vacant`` firewall, handing every network to the kernel-facing
+        process as soon as it is planned: that process parses while the planner works.
+        The same all-or-nothing contract as ``commit``: if ``networks`` raises, the process
+        is killed before its input ends and nothing is loaded. Returns what was committed,
+        with the items ``changes(live, plan, "full")`` would report."""
+        raise NotImplementedError  # pragma: no cover
 
     def generation(self) -> "Generation | None":
         """Something that stays equal exactly while nothing changes in the firewall this

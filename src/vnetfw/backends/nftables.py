@@ -39,7 +39,7 @@ import difflib
 import ipaddress
 import json
 from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 from ..errors import BackendError
 from ..ruleset import CHECKSUM, Family, Rule, Ruleset
@@ -48,7 +48,7 @@ from .nft_layout import (ADMIN_CHAINS, BASE_BY_NAME, BASE_CHAINS, admin_chain, M
                          STAGE_BY_SUFFIX, STAGES, Stage, is_vnetfw_table, parse_chain_name,
                          table_name)
 from .nft_rules import Foreign, ifname_text, parse_rule, render_rule, rule_text
-from .runner import CommandFailed, Runner
+from .runner import FEED_PATH, CommandFailed, Runner
 
 __all__ = ["NftablesBackend", "NftLive", "LiveTable", "parse_listing", "table_name"]
 
@@ -458,12 +458,12 @@ class NftablesBackend(Backend):
                                         f"{len(c.rules)} admin rule(s) kept in vnetfw's table"))
             return ChangeSet(items, f"delete table {where}\n")
         want = self.effective(desired) if desired is not None else Ruleset(prefix)
+        if t is None:
+            pieces = list(self.fresh(prefix, _by_network(want) if scope == "full" else ()))
+            return ChangeSet([c for _, its in pieces for c in its],
+                             "".join(text for text, _ in pieces))
         items = _Items()
         script = _Script(tname)
-        if t is None:
-            script.head.append(f"add table {where} {{ comment {TABLE_COMMENT}; }}")
-            items.add(Change(None, "create", NFT_FAMILY, f"table {tname}"))
-            t = LiveTable(tname)
         foreign = _foreign_objects(t) if scope == "full" else []
         fresh_maps = self._sync_layout(t, script, items)
         if scope == "full":
@@ -622,6 +622,81 @@ class NftablesBackend(Backend):
                 items.add(Change(_fam_of(m.name, key), "add", mwhere, f"element {text}",
                                  chains[cname][2]))
 
+    def fresh(self, prefix: str, networks: Iterable[tuple[str, Sequence[Rule]]]
+              ) -> Iterator[tuple[str, list[Change]]]:
+        """The script that creates the prefix's table holding ``networks``, in pieces, each
+        with its report items: the table's head, one piece per network (in the order
+        given), then the maps and the base chains. Pure; ``changes`` against a table that
+        does not exist is these pieces joined, ``load_fresh`` writes them as they come.
+
+        The script is a single ``table inet T { ... }`` block rather than ``add`` commands,
+        so input cut off anywhere (vnetfw killed while nft reads it) is a syntax error and
+        nft loads nothing. Inside the block, the per-network chains come first, then the
+        maps whose elements jump to them (nft 1.0.6 refuses an element of an interval map
+        that jumps to a chain created later in the batch: ENOENT), then the base chains,
+        whose rules look the maps up. Rules nftables does not implement (``effective``:
+        the CHECKSUM fix-up) are left out."""
+        tname = table_name(prefix)
+        items = _Items()
+        items.add(Change(None, "create", NFT_FAMILY, f"table {tname}"))
+        self._sync_layout(LiveTable(tname), _Script(tname), items)   # for its items only
+        yield (f"table {NFT_FAMILY} {tname} {{\n\tcomment {TABLE_COMMENT}\n"
+               + "".join(f"\tchain {name} {{\n\t}}\n" for name in ADMIN_CHAINS)), items.sorted()
+        where = f"{NFT_FAMILY} {tname}"
+        order = {st.name: i for i, st in enumerate(STAGES)}
+        elems: dict[str, dict[Key, str]] = {m.name: {} for m in MAPS}
+        for net, rules in networks:
+            chains: dict[str, tuple[Stage, Family, list[Rule]]] = {}
+            for r in rules:
+                if r.verdict == CHECKSUM and r.optional:
+                    continue
+                stage = STAGE_BY_SUFFIX.get((r.table, r.chain))
+                if stage is None:
+                    raise BackendError(f"nftables: no {r.table} {r.chain} stage for rule "
+                                       f"{r.describe()!r} of network {net!r}")
+                cname = stage.chain_name(r.family, net)
+                if (c := chains.get(cname)) is None:
+                    chains[cname] = c = (stage, r.family, [])
+                c[2].append(r)
+            if not chains:
+                continue
+            out = [f"\t# network {net}\n"]
+            its: list[Change] = []
+            mine: dict[str, list[Key]] = {}
+            for cname, (stage, fam, crules) in sorted(
+                    chains.items(), key=lambda kv: (kv[1][1], order[kv[1][0].name])):
+                out.append(f"\tchain {cname} {{\n")
+                out += [f"\t\t{render_rule(r)}\n" for r in crules]
+                out.append("\t}\n")
+                its.append(Change(fam, "create", where, f"chain {cname}", net))
+                cwhere = f"{where} {cname}"
+                its += [Change(fam, "add", cwhere, "", net, r) for r in crules]
+                mname = stage.map_name(fam)
+                for r in crules:
+                    key = _desired_key(stage, r)
+                    if (had := elems[mname].setdefault(key, cname)) != cname:
+                        raise BackendError(f"nftables: {_key_text(mname, key)} would "
+                                           f"dispatch to both {had} and {cname}")
+                    if key not in mine.setdefault(mname, []):
+                        mine[mname].append(key)
+            for m in MAPS:
+                for key in mine.get(m.name, ()):
+                    its.append(Change(_fam_of(m.name, key), "add", f"{where} map {m.name}",
+                                      f"element {_key_text(m.name, key)} : jump "
+                                      f"{elems[m.name][key]}", net))
+            yield "".join(out), its
+        out = []
+        for m in MAPS:
+            out.append(f"\tmap {m.name} {{\n\t\t{m.decl}\n")
+            if e := elems[m.name]:
+                out.append("\t\telements = { " + ",\n\t\t\t     ".join(
+                    f"{_key_text(m.name, k)} : jump {c}" for k, c in e.items()) + " }\n")
+            out.append("\t}\n")
+        for b in BASE_CHAINS:
+            out.append(f"\tchain {b.name} {{\n\t\t{b.decl}\n"
+                       + "".join(f"\t\t{text}\n" for text, _ in b.rules) + "\t}\n")
+        yield "".join(out) + "}\n", []
+
     # -- rendering (pure) ----------------------------------------------------------------
     def render(self, desired: Ruleset, family: Family | None = None) -> str:
         """The nft script that loads ``desired`` into an empty system (``nft -f``). With
@@ -639,18 +714,56 @@ class NftablesBackend(Backend):
         try:
             self.runner.run([self.nft, "-f", "-"], stdin=script)
         except CommandFailed as e:
-            detail = "; ".join(line.strip() for line in e.stderr.splitlines()
-                               if line.strip() and not set(line.strip()) <= set("^~"))[:600]
-            # The engine does not probe a backend named explicitly (an 'nft -c' process on
-            # every first apply); when the kernel refuses, the probe says what it lacks.
-            why = self.available()
-            raise BackendError(f"nftables: the transaction was refused and nothing was "
-                               f"changed: {detail or e}"
-                               + (f"; nftables is not usable here: {why}" if why else "")) from e
+            raise self._refused(e) from e
+
+    def vacant(self, live: NftLive, prefix: str) -> bool:
+        return table_name(prefix) not in live.tables
+
+    def load_fresh(self, live: NftLive, prefix: str,
+                   networks: Iterable[tuple[str, Sequence[Rule]]]) -> ChangeSet:
+        """``fresh`` written into one ``nft -f`` while it is produced: one transaction,
+        committed when the closing brace and end of input arrive; killed before that if
+        producing a piece fails."""
+        feed = self.runner.feed([self.nft, "-f", FEED_PATH])
+        items: list[Change] = []
+        text: list[str] = []
+        try:
+            for piece, its in self.fresh(prefix, networks):
+                feed.write(piece)
+                text.append(piece)
+                items += its
+            feed.finish()
+        except CommandFailed as e:
+            feed.abort()
+            raise self._refused(e) from e
+        except BaseException:
+            feed.abort()
+            raise
+        return ChangeSet(items, "".join(text))
+
+    def _refused(self, e: CommandFailed) -> BackendError:
+        detail = "; ".join(line.strip() for line in e.stderr.splitlines()
+                           if line.strip() and not set(line.strip()) <= set("^~"))[:600]
+        # The engine does not probe a backend named explicitly (an 'nft -c' process on
+        # every first apply); when the kernel refuses, the probe says what it lacks.
+        why = self.available()
+        return BackendError(f"nftables: the transaction was refused and nothing was "
+                            f"changed: {detail or e}"
+                            + (f"; nftables is not usable here: {why}" if why else ""))
 
 
 # ---------------------------------------------------------------------------------------
 # helpers
+
+
+def _by_network(rs: Ruleset) -> list[tuple[str, list[Rule]]]:
+    """A ruleset's rules grouped by network, networks by name, rules in ruleset order."""
+    nets: dict[str, list[Rule]] = {}
+    for r in rs.rules:
+        if (g := nets.get(r.network)) is None:
+            nets[r.network] = g = []
+        g.append(r)
+    return sorted(nets.items())
 
 
 def _base_ok(t: LiveTable, base: str) -> bool:

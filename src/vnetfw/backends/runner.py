@@ -4,6 +4,11 @@ Contract: ``Runner.run(argv, stdin)`` runs ``argv`` (a list, never a shell strin
 runner's network namespace, or the caller's own when ``netns`` is None, and returns its
 stdout; a non-zero exit raises ``CommandFailed`` carrying the command and its stderr.
 
+``Runner.feed(argv)`` starts a command that reads its input while vnetfw is still writing it
+(``Feed``): the kernel-facing tool parses the first networks while the next are planned.
+An argument equal to ``FEED_PATH`` is replaced by ``/dev/fd/N`` naming the input pipe;
+otherwise the pipe is the command's stdin.
+
 Entering a namespace: rather than prefixing every command with ``ip netns exec`` (one more
 process per command, plus a /sys remount we do not need), the child calls setns(2) on
 ``/run/netns/NAME`` between fork and exec. iptables, ip6tables and nft only need the network
@@ -16,12 +21,19 @@ import ctypes
 import os
 import re
 import shutil
+import signal
 import subprocess
+import tempfile
 from dataclasses import dataclass
+from typing import IO
 
 from ..errors import BackendError
 
 CLONE_NEWNET = 0x40000000
+# Stands for the input pipe in ``Runner.feed``'s argv (as /dev/fd/N). nft reads ``-f -``
+# (stdin) whole before it parses a byte (to quote lines in its error messages), but a
+# file it parses as it reads: hence a path to the pipe rather than stdin.
+FEED_PATH = "<feed>"
 NETNS_DIR = "/run/netns"
 _NETNS_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -69,15 +81,19 @@ class Runner:
     def which(self, prog: str) -> str | None:
         return shutil.which(prog)
 
+    def _netns_kwargs(self) -> tuple[int | None, dict]:
+        """(fd of our namespace or None, Popen arguments that enter it in the child)."""
+        if self.netns is None:
+            return None, {}
+        fd = os.open(os.path.join(NETNS_DIR, self.netns), os.O_RDONLY | os.O_CLOEXEC)
+        os.set_inheritable(fd, True)
+        return fd, {"preexec_fn": _setns_preexec(fd), "pass_fds": (fd,)}
+
     def run(self, argv: list[str], stdin: str | None = None, *, check: bool = True) -> str:
         """Run argv in our namespace; return stdout. Raise CommandFailed on non-zero exit."""
         fd = None
-        kwargs: dict = {}
         try:
-            if self.netns is not None:
-                fd = os.open(os.path.join(NETNS_DIR, self.netns), os.O_RDONLY | os.O_CLOEXEC)
-                os.set_inheritable(fd, True)
-                kwargs = {"preexec_fn": _setns_preexec(fd), "pass_fds": (fd,)}
+            fd, kwargs = self._netns_kwargs()
             try:
                 p = subprocess.run(argv, input=stdin, capture_output=True, text=True,
                                    timeout=self.timeout, **kwargs)
@@ -91,3 +107,111 @@ class Runner:
         if check and p.returncode != 0:
             raise CommandFailed(argv, p.returncode, p.stderr)
         return p.stdout
+
+    def feed(self, argv: list[str]) -> "Feed":
+        """Start ``argv`` in our namespace with an input pipe that ``Feed.write`` fills;
+        ``Feed.finish`` ends the input and waits, ``Feed.abort`` kills the command before it
+        sees the end of its input. The command's output goes to files, not pipes, so it
+        never blocks on output nobody reads while vnetfw blocks writing its input."""
+        fd = None
+        r, w = os.pipe()
+        try:
+            fd, kwargs = self._netns_kwargs()
+            kwargs["pass_fds"] = kwargs.get("pass_fds", ()) + (r,)
+            args = [f"/dev/fd/{r}" if a == FEED_PATH else a for a in argv]
+            out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+            try:
+                proc = subprocess.Popen(args, stdin=r if FEED_PATH not in argv else
+                                        subprocess.DEVNULL, stdout=out, stderr=err, **kwargs)
+            except FileNotFoundError:
+                out.close()
+                err.close()
+                raise BackendError(f"{argv[0]}: command not found") from None
+        except BaseException:
+            os.close(w)
+            raise
+        finally:
+            os.close(r)
+            if fd is not None:
+                os.close(fd)
+        return Feed(argv, proc, os.fdopen(w, "w", encoding="utf-8"), out, err, self.timeout)
+
+
+class Feed:
+    """A running command reading what vnetfw writes (``Runner.feed``)."""
+
+    def __init__(self, argv: list[str], proc: subprocess.Popen, pipe: IO[str],
+                 out: IO[bytes], err: IO[bytes], timeout: float) -> None:
+        self.argv = argv
+        self._proc = proc
+        self._pipe: IO[str] | None = pipe
+        self._out = out
+        self._err = err
+        self._timeout = timeout
+
+    def write(self, text: str) -> None:
+        """Hand ``text`` to the command (blocks while its pipe is full). If the command
+        already stopped reading (it failed), raise its failure."""
+        assert self._pipe is not None, "feed already finished"
+        try:
+            self._pipe.write(text)
+        except BrokenPipeError:
+            self._close_pipe()
+            self._wait()
+            raise self._failure(self._proc.returncode if self._proc.returncode else 1) \
+                from None
+
+    def finish(self) -> str:
+        """End the input (the command now acts on it), wait; return its stdout. Raise
+        CommandFailed on a non-zero exit."""
+        try:
+            self._close_pipe()
+        except BrokenPipeError:
+            pass
+        rc = self._wait()
+        if rc != 0:
+            raise self._failure(rc)
+        out = self._read(self._out)
+        self._err.close()
+        return out
+
+    def abort(self) -> None:
+        """Kill the command before it reads the end of its input, so it acts on nothing
+        (each caller makes sure a cut-off input means nothing to its command). Never
+        raises."""
+        try:
+            self._proc.send_signal(signal.SIGKILL)
+        except OSError:
+            pass
+        try:
+            self._close_pipe()
+        except OSError:
+            pass
+        self._proc.wait()
+        self._out.close()
+        self._err.close()
+
+    def _close_pipe(self) -> None:
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None:
+            pipe.close()
+
+    def _wait(self) -> int:
+        try:
+            return self._proc.wait(timeout=self._timeout)
+        except subprocess.TimeoutExpired:
+            self.abort()
+            raise BackendError(f"{self.argv[0]} did not finish within "
+                               f"{self._timeout:.0f}s") from None
+
+    def _failure(self, rc: int) -> CommandFailed:
+        err = self._read(self._err)
+        self._out.close()
+        return CommandFailed(self.argv, rc, err)
+
+    @staticmethod
+    def _read(f: IO[bytes]) -> str:
+        f.seek(0)
+        text = f.read().decode("utf-8", "replace")
+        f.close()
+        return text
