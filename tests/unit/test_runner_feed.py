@@ -1,0 +1,50 @@
+"""Runner.feed: a command that reads its input while vnetfw writes it (no namespace needed:
+plain commands in the test's own namespace, touching nothing but a temporary folder)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from vnetfw.backends.runner import FEED_PATH, CommandFailed, Runner
+
+PY = sys.executable
+
+
+def test_stdin_feed_returns_the_output():
+    feed = Runner().feed(["cat"])
+    for k in range(1000):
+        feed.write(f"line {k}\n")          # far more than a pipe holds: the reader keeps up
+    assert feed.finish().splitlines()[-1] == "line 999"
+
+
+def test_feed_path_is_the_pipe():
+    feed = Runner().feed(["cat", FEED_PATH])
+    feed.write("through /dev/fd\n")
+    assert feed.finish() == "through /dev/fd\n"
+
+
+def test_a_command_that_fails_early_raises_its_failure():
+    feed = Runner().feed([PY, "-c", "import sys; sys.stdin.read(1); "
+                                    "sys.stderr.write('refused\\n'); sys.exit(3)"])
+    with pytest.raises(CommandFailed) as e:
+        for _ in range(10_000):
+            feed.write("x" * 1000)          # the pipe breaks once the command has gone
+        feed.finish()
+    assert e.value.returncode == 3 and "refused" in e.value.stderr
+
+
+def test_abort_stops_the_command_before_it_sees_the_end(tmp_path):
+    out = tmp_path / "got"
+    feed = Runner().feed([PY, "-c", "import sys; d = sys.stdin.read(); "
+                                    f"open({str(out)!r}, 'w').write(d)"])
+    feed.write("half of the input\n")
+    feed.abort()
+    assert not out.exists()
+
+
+def test_missing_command():
+    from vnetfw.errors import BackendError
+    with pytest.raises(BackendError, match="command not found"):
+        Runner().feed(["/nonexistent/vnetfw-test-command"])
