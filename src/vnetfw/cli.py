@@ -10,11 +10,12 @@ fast.
 from __future__ import annotations
 
 import argparse
+import atexit
 import gc
 import json
 import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 BACKEND_CHOICES = ("auto", "nftables", "iptables", "iptables-nft", "iptables-legacy")
 EXAMPLES = """\
@@ -388,3 +389,20 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+
+
+def run() -> NoReturn:
+    """The process entry point (``vnetfw``, ``python -m vnetfw``): ``main``, then exit
+    without the interpreter's teardown. A command that planned 1,000 networks leaves some
+    100,000 objects behind, and freeing them one by one at exit costs 20-30 ms that buy
+    nothing: the kernel reclaims the memory at once. Exit handlers (the lab's namespace
+    clean-up) still run and output is flushed; the state file is already renamed into
+    place and the state lock is an flock, which the kernel releases."""
+    code = main()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, ValueError):
+            pass
+    os._exit(code)
