@@ -202,11 +202,12 @@ def cmd_setup(a):
 
 
 def cmd_apply(a):
-    from .sources import load_paths
+    from .sources import read_paths
     eng = _engine(a)
     eng.prefetch()                  # the firewall's generation, read while files load
-    nets = load_paths(a.paths)
-    return _print_report(a, eng.apply(nets, dry_run=a.dry_run))
+    # Read as the engine asks: into a vacant firewall, each network is on its way to the
+    # kernel while the next file is parsed.
+    return _print_report(a, eng.apply(read_paths(a.paths), dry_run=a.dry_run))
 
 
 def cmd_remove(a):

@@ -32,18 +32,19 @@ import subprocess
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from .backends import BACKENDS, Backend, Change, Scope, get_backend
 from .backends.nfgen import Generation
 from .backends.runner import Runner
 from .errors import BackendError, DefinitionError, RollbackIncomplete
 from .model import Mode, Network, validate_together
-from .plan import PROFILES, Profile, plan, plan_networks
+from .plan import PROFILES, Profile, network_rules, plan, plan_networks
 from .ruleset import Rule, Ruleset
 from .state import State, StateStore, default_state_dir
 
 DEFAULT_HOOKS_DIR = "/etc/vnetfw/hooks.d"
+_UNREAD = object()      # _sync's generation argument when the caller has not read it
 
 # Drift wording: a Change says what a sync would do; as drift it says what is wrong now.
 _DRIFT_WORDS = {"create": "missing", "add": "missing", "insert": "missing",
@@ -159,6 +160,12 @@ class Engine:
         return (self._last_commit_was(state, backend, profile) and networks == state.networks
                 and self._generation(backend) == state.generation)
 
+    def _proven(self, state: State, backend: Backend, profile: Profile,
+                generation: Generation | None) -> bool:
+        """Is the live firewall (at ``generation``) provably vnetfw's last commit?"""
+        return self._last_commit_was(state, backend, profile) \
+            and generation == state.generation
+
     @staticmethod
     def _last_commit_was(state: State, backend: Backend, profile: Profile) -> bool:
         """Did vnetfw's last verified commit use this backend, prefix and profile? (If not,
@@ -214,8 +221,8 @@ class Engine:
     def _sync(self, backend: Backend, desired: Ruleset | Callable[[], Ruleset] | None,
               scope: Scope, dry_run: bool, report: Report, prefix: str | None = None,
               partial: "Partial | None" = None,
-              fresh: Callable[[], Iterable[tuple[str, Sequence[Rule]]]] | None = None
-              ) -> Generation | None:
+              fresh: Callable[[], Iterable[tuple[str, Sequence[Rule]]]] | None = None,
+              g0: Any = _UNREAD) -> Generation | None:
         """Read, diff, commit. Returns the generation (nf_tables generation id, x_tables
         fingerprint) the live firewall verifiably matches ``desired`` at (None: unknown).
 
@@ -226,12 +233,15 @@ class Engine:
         that commit fails (the backend has undone it), the full path runs. ``desired`` may
         be given as a function: every network is then planned only if the full path runs.
 
+        ``g0``: the generation, if the caller already read it (before anything else).
+
         ``fresh``: the same networks, planned one by one (``plan_networks``), with
         ``prefix``. If the live firewall holds nothing of that prefix's (first apply, after
         a reboot or a flush), the backend loads them while they are planned
         (``load_fresh``); if that fails, it has loaded nothing and the full path runs,
         which says why (or leaves out optional rules the kernel lacks)."""
-        g0 = self._generation(backend)
+        if g0 is _UNREAD:
+            g0 = self._generation(backend)
         if partial is not None and g0 is not None and g0 == partial.generation \
                 and (live := backend.assumed_live(partial.before)) is not None:
             try:
@@ -354,39 +364,80 @@ class Engine:
             return rep
 
     def apply(self, networks: Iterable[Network], dry_run: bool = False) -> Report:
-        """Start or update ``networks``; every other active network stays as it is."""
-        nets = list(networks)
+        """Start or update ``networks``; every other active network stays as it is.
+
+        ``networks`` may be lazy (the CLI reads definition files as they are asked for):
+        when the firewall holds nothing of vnetfw's, each network goes to the backend as
+        soon as it is read (``_sync``'s ``fresh``), and all are checked together before
+        the backend's process sees the end of its input. A bad definition met half-way
+        therefore loads nothing, like one met first."""
         with self.store.lock():
             state = self.store.load()
             b = self.backend_for(state)
             prof = self.profile_for(state)
-            merged = dict(state.networks)
-            for n in nets:
-                merged[n.name] = n
-            # Clashes with networks that are already active are reported against the new file.
-            new_names = {n.name for n in nets}
-            validate_together([merged[k] for k in merged if k not in new_names] + nets)
-            rep = Report("apply", b.name, networks=sorted(new_names))
-            for n in nets:
-                if n.mode is Mode.OPEN:
-                    rep.notes.append(f"{n.name}: mode open gets no firewall rules, by design")
-                elif not n.mode.firewalled:
-                    rep.notes.append(f"{n.name}: mode {n.mode.value} puts guests on a host "
-                                     "bridge or device; vnetfw does not firewall it (no rules)")
-            if self._untouched(state, b, prof, merged):
-                return rep                                  # nothing to do, nothing read
-            gen = self._sync(b, lambda: plan(merged.values(), prof), "full", dry_run, rep,
-                             prof.prefix, partial=self._partial(state, b, prof, merged),
-                             fresh=lambda: plan_networks(merged.values(), prof))
+            source = iter(networks)
+            nets: list[Network] = []            # the definitions read so far
+            merged: dict[str, Network] = {}
+
+            def everything() -> dict[str, Network]:
+                """Every network once all definitions are read, checked together (clashes
+                with networks already active are reported against the new file)."""
+                if not merged:
+                    nets.extend(source)
+                    new = {n.name for n in nets}
+                    validate_together([n for k, n in state.networks.items() if k not in new]
+                                      + nets)
+                    merged.update(state.networks)
+                    merged.update((n.name, n) for n in nets)
+                return merged
+
+            def as_read() -> Iterator[tuple[str, tuple[Rule, ...]]]:
+                """Each network planned as soon as it is read (if not read already); then
+                every other network, checked together with these."""
+                done: set[str] = set()
+                for n in source:
+                    nets.append(n)
+                    done.add(n.name)
+                    yield n.name, network_rules(n, prof)
+                yield from ((k, network_rules(n, prof)) for k, n in everything().items()
+                            if k not in done)
+
+            rep = Report("apply", b.name)
+            if self._last_commit_was(state, b, prof):
+                everything()        # likely unchanged or a small change: read all files
+                                    # while the prefetched generation arrives
+            g0 = self._generation(b)
+            partial = None
+            if self._proven(state, b, prof, g0):
+                # The firewall is vnetfw's last commit, so not vacant: read every definition.
+                if everything() == state.networks:
+                    return self._noted(rep, nets)           # nothing to do, nothing read
+                partial = self._partial(state, b, prof, merged)
+            gen = self._sync(b, lambda: plan(everything().values(), prof), "full", dry_run,
+                             rep, prof.prefix, g0=g0, partial=partial, fresh=as_read)
             if self._switch_away(state, b, prof, dry_run, rep):
                 gen = None
+            self._noted(rep, nets)
             if not dry_run:
                 old = dict(state.networks)
-                self._save(state, b, prof, merged, gen)
+                self._save(state, b, prof, everything(), gen)
                 self._zones(old, merged, rep)
                 self._run_hooks([(n, "updated" if n.name in old else "added") for n in nets
                                  if old.get(n.name) != n], rep)
             return rep
+
+    @staticmethod
+    def _noted(rep: Report, nets: list[Network]) -> Report:
+        """The report of an apply: which networks it was given, and notes on those that get
+        no rules."""
+        rep.networks = sorted({n.name for n in nets})
+        for n in nets:
+            if n.mode is Mode.OPEN:
+                rep.notes.append(f"{n.name}: mode open gets no firewall rules, by design")
+            elif not n.mode.firewalled:
+                rep.notes.append(f"{n.name}: mode {n.mode.value} puts guests on a host "
+                                 "bridge or device; vnetfw does not firewall it (no rules)")
+        return rep
 
     def remove(self, names: Iterable[str], dry_run: bool = False) -> Report:
         names = list(dict.fromkeys(names))

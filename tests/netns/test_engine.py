@@ -6,6 +6,7 @@ Each test gets a fresh network namespace; the firewall is read back with the sys
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import pytest
@@ -568,3 +569,75 @@ def test_teardown_removes_every_plain_jump_into_our_chains(netns, flavour, tmp_p
     assert not eng.setup().changed          # it is accepted as the jump...
     eng.teardown()                          # ... and removed with the chain
     assert save(netns, flavour) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# A vacant firewall: definitions are read, planned and loaded one by one
+
+
+def lazily(nets, log):
+    """The networks as the CLI hands them over: read only when the engine asks."""
+    for n in nets:
+        log.append(n.name)
+        yield n
+
+
+def test_apply_into_a_vacant_firewall_loads_while_it_reads(netns, tmp_path, monkeypatch):
+    """nftables: the first network is in nft's input before the last one is read."""
+    from vnetfw.backends.nftables import NftablesBackend
+    eng = engine(netns, "nftables", tmp_path)
+    read, written = [], []
+    real_feed = type(eng.runner).feed
+
+    def feed(self, argv):
+        f = real_feed(self, argv)
+        real_write = f.write
+        f.write = lambda text: written.append(len(read)) or real_write(text)
+        return f
+    monkeypatch.setattr(type(eng.runner), "feed", feed)
+    rep = eng.apply(lazily(NETS, read))
+    assert rep.changed and read == [n.name for n in NETS]
+    assert written[0] == 0 and written[1] == 1, "nft got nothing before every file was read"
+    b = eng.backend_for(eng.store.load())
+    assert isinstance(b, NftablesBackend)
+    assert b.live_ruleset(b.read(), "VNETFW") == b.effective(plan(NETS, PROFILES["default"]))
+    assert not eng.apply(NETS).changed
+
+
+@pytest.mark.parametrize("flavour", ["nftables"])
+@pytest.mark.parametrize("bad", ["definition", "clash"])
+def test_a_bad_definition_met_half_way_loads_nothing(netns, flavour, bad, tmp_path):
+    """A file that fails on its own after others were streamed, or two new networks that
+    clash (one bridge): the error names the problem, and nothing is loaded or saved."""
+    from vnetfw.errors import DefinitionError
+    admin_everywhere(netns, flavour)
+    before = snapshot(netns, flavour)
+    eng = engine(netns, flavour, tmp_path)
+
+    def networks():
+        yield from NETS[:2]
+        if bad == "definition":
+            raise DefinitionError("/defs/broken.xml", "ip: 'x' is not an address")
+        yield dataclasses.replace(NETS[2], name="other", bridge=NETS[0].bridge)
+    with pytest.raises(DefinitionError, match="broken.xml" if bad == "definition"
+                       else "vbr-nat1"):
+        eng.apply(networks())
+    assert snapshot(netns, flavour) == before
+    assert eng.store.load().networks == {}
+
+
+@pytest.mark.parametrize("flavour", ["nftables"])
+def test_vacant_firewall_with_active_networks_gets_them_all(netns, flavour, tmp_path):
+    """After a flush (or a reboot) the state still lists active networks: an apply of one
+    redefined network loads it and every other active network."""
+    eng = engine(netns, flavour, tmp_path)
+    eng.apply(NETS)
+    nsrun(netns, "nft", "flush", "ruleset")
+    changed = [n for n in NETS if n.name == "routed"][0]
+    changed = dataclasses.replace(changed, forward_dev="eth7")
+    rep = eng.apply([changed])
+    assert rep.changed and rep.networks == ["routed"]
+    want = [n for n in NETS if n.name != "routed"] + [changed]
+    b = eng.backend_for(eng.store.load())
+    assert b.live_ruleset(b.read(), "VNETFW") == b.effective(plan(want, PROFILES["default"]))
+    assert eng.check() == []

@@ -1,14 +1,16 @@
 """Definition sources: files and folders of libvirt network XML or native TOML -> model.
 
 Contract: ``load_paths`` returns validated networks (each on its own and together) or raises
-``DefinitionError`` naming the file, network and field. It reads files only; it never touches
+``DefinitionError`` naming the file, network and field. ``read_paths`` is the lazy form for
+a consumer that acts on each network as it is read (``Engine.apply``, which checks them
+together before it commits anything). It reads files only; it never touches
 the system. Folders are read non-recursively in name order (``*.xml`` and ``*.toml``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from ..errors import DefinitionError
 from ..model import Network, validate_together
@@ -53,3 +55,11 @@ def load_paths(paths: Iterable[str | Path]) -> tuple[Network, ...]:
     for f in expand_paths(paths):
         nets.extend(load_file(f))
     return validate_together(nets)
+
+
+def read_paths(paths: Iterable[str | Path]) -> Iterator[Network]:
+    """Every network under ``paths``, one file read per step, each checked on its own;
+    checking them together is the consumer's. A path that does not exist is reported now,
+    before any file is read."""
+    files = expand_paths(paths)
+    return (net for f in files for net in load_file(f))
