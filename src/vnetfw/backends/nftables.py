@@ -643,28 +643,26 @@ class NftablesBackend(Backend):
         yield (f"table {NFT_FAMILY} {tname} {{\n\tcomment {TABLE_COMMENT}\n"
                + "".join(f"\tchain {name} {{\n\t}}\n" for name in ADMIN_CHAINS)), items.sorted()
         where = f"{NFT_FAMILY} {tname}"
-        order = {st.name: i for i, st in enumerate(STAGES)}
         elems: dict[str, dict[Key, str]] = {m.name: {} for m in MAPS}
         for net, rules in networks:
-            chains: dict[str, tuple[Stage, Family, list[Rule]]] = {}
+            # One pass to group the network's rules by chain (~25 per network), then the
+            # chains in family and stage order; this loop runs while nft waits for input.
+            groups: dict[tuple[Family, str, str], list[Rule]] = {}
             for r in rules:
-                if r.verdict == CHECKSUM and r.optional:
-                    continue
-                stage = STAGE_BY_SUFFIX.get((r.table, r.chain))
-                if stage is None:
-                    raise BackendError(f"nftables: no {r.table} {r.chain} stage for rule "
-                                       f"{r.describe()!r} of network {net!r}")
-                cname = stage.chain_name(r.family, net)
-                if (c := chains.get(cname)) is None:
-                    chains[cname] = c = (stage, r.family, [])
-                c[2].append(r)
-            if not chains:
-                continue
+                if (g := groups.get(k := (r.family, r.table, r.chain))) is None:
+                    groups[k] = g = []
+                g.append(r)
             out = [f"\t# network {net}\n"]
             its: list[Change] = []
             mine: dict[str, list[Key]] = {}
-            for cname, (stage, fam, crules) in sorted(
-                    chains.items(), key=lambda kv: (kv[1][1], order[kv[1][0].name])):
+            for k in [k for k in groups if k not in _FRESH_ORDER]:
+                if any(not (r.verdict == CHECKSUM and r.optional) for r in groups[k]):
+                    raise BackendError(f"nftables: no {k[1]} {k[2]} stage for rule "
+                                       f"{groups[k][0].describe()!r} of network {net!r}")
+            for fam, stage in _FRESH_ORDER.values():
+                if (crules := groups.get((fam, stage.table, stage.suffix))) is None:
+                    continue
+                cname = stage.chain_name(fam, net)
                 out.append(f"\tchain {cname} {{\n")
                 out += [f"\t\t{render_rule(r)}\n" for r in crules]
                 out.append("\t}\n")
@@ -672,19 +670,21 @@ class NftablesBackend(Backend):
                 cwhere = f"{where} {cname}"
                 its += [Change(fam, "add", cwhere, "", net, r) for r in crules]
                 mname = stage.map_name(fam)
+                have = elems[mname]
+                keys = mine.setdefault(mname, [])
                 for r in crules:
-                    key = _desired_key(stage, r)
-                    if (had := elems[mname].setdefault(key, cname)) != cname:
+                    if (had := have.setdefault(key := _desired_key(stage, r), cname)) != cname:
                         raise BackendError(f"nftables: {_key_text(mname, key)} would "
                                            f"dispatch to both {had} and {cname}")
-                    if key not in mine.setdefault(mname, []):
-                        mine[mname].append(key)
+                    if not keys or keys[-1] != key and key not in keys:
+                        keys.append(key)
             for m in MAPS:
                 for key in mine.get(m.name, ()):
                     its.append(Change(_fam_of(m.name, key), "add", f"{where} map {m.name}",
                                       f"element {_key_text(m.name, key)} : jump "
                                       f"{elems[m.name][key]}", net))
-            yield "".join(out), its
+            if its:
+                yield "".join(out), its
         out = []
         for m in MAPS:
             out.append(f"\tmap {m.name} {{\n\t\t{m.decl}\n")
@@ -754,6 +754,11 @@ class NftablesBackend(Backend):
 
 # ---------------------------------------------------------------------------------------
 # helpers
+
+
+# The per-network chains of a fresh table, in the order it declares them (family, stage),
+# keyed by the rules' (family, table, chain).
+_FRESH_ORDER = {(fam, st.table, st.suffix): (fam, st) for fam in (4, 6) for st in STAGES}
 
 
 def _by_network(rs: Ruleset) -> list[tuple[str, list[Rule]]]:

@@ -18,6 +18,7 @@ namespace, so that is all we switch.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import re
 import shutil
@@ -34,6 +35,7 @@ CLONE_NEWNET = 0x40000000
 # (stdin) whole before it parses a byte (to quote lines in its error messages), but a
 # file it parses as it reads: hence a path to the pipe rather than stdin.
 FEED_PATH = "<feed>"
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 NETNS_DIR = "/run/netns"
 _NETNS_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -115,6 +117,13 @@ class Runner:
         never blocks on output nobody reads while vnetfw blocks writing its input."""
         fd = None
         r, w = os.pipe()
+        try:
+            # A pipe holds 64 KiB: vnetfw would stop at every 64 KiB until the command
+            # catches up. A larger one lets both run on (best effort: the limit is
+            # /proc/sys/fs/pipe-max-size, 1 MiB by default).
+            fcntl.fcntl(w, F_SETPIPE_SZ, 1 << 20)
+        except OSError:
+            pass
         try:
             fd, kwargs = self._netns_kwargs()
             kwargs["pass_fds"] = kwargs.get("pass_fds", ()) + (r,)
