@@ -641,3 +641,84 @@ def test_vacant_firewall_with_active_networks_gets_them_all(netns, flavour, tmp_
     b = eng.backend_for(eng.store.load())
     assert b.live_ruleset(b.read(), "VNETFW") == b.effective(plan(want, PROFILES["default"]))
     assert eng.check() == []
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_iptables_fresh_load_equals_the_diffed_change(netns, flavour, tmp_path):
+    """Into a vacant firewall (an admin's rules only), the streamed load lands what the
+    read-diff-commit path would, reports the same changes, and its generation is trusted."""
+    admin_rules(netns, flavour)
+    before = save(netns, flavour)
+    b = IptablesBackend(eng_runner(netns), flavour=flavour)
+    rs = plan(NETS, PROFILES["default"])
+    live = b.read()
+    assert b.vacant(live, "VNETFW")
+    expected = b.changes(live, rs, "full")
+    g0 = b.generation()
+    cs = b.load_fresh(live, "VNETFW", [(n, list(r)) for n, r in by_network(rs)])
+    assert sorted(map(str, cs.items)) == sorted(map(str, expected.items))
+    assert b.generation_after(cs, g0) is not None
+    after = b.read()
+    assert not b.vacant(after, "VNETFW") and b.changes(after, rs, "full").empty
+    assert without_ours(save(netns, flavour)) == before
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("where", ["planning", "ipv4-nat", "ipv6"])
+def test_iptables_fresh_load_failing_anywhere_changes_nothing(netns, flavour, where, tmp_path,
+                                                             monkeypatch):
+    """Planning fails half-way (nothing committed yet), IPv4's second table is refused after
+    its filter table was committed, or IPv6's restore fails after IPv4 committed: the
+    firewall is byte-identical afterwards."""
+    from vnetfw.backends import iptables as ipt
+    admin_rules(netns, flavour)
+    before = save(netns, flavour)
+    b = IptablesBackend(eng_runner(netns), flavour=flavour)
+    rs = plan(NETS, PROFILES["default"])
+    nets = [(n, list(r)) for n, r in by_network(rs)]
+    real_tail, real_script = ipt._Fresh.tail, ipt._Fresh.script
+    if where == "ipv4-nat":
+        monkeypatch.setattr(ipt._Fresh, "tail", lambda self, fam: real_tail(self, fam).replace(
+            "*nat\n", "*nat\n-A VNETFW_PRT -j NO_SUCH_TARGET\n") if fam == 4
+            else real_tail(self, fam))
+    if where == "ipv6":
+        monkeypatch.setattr(ipt._Fresh, "script", lambda self, fam: real_script(self, fam)
+                            + "*filter\n-A VNETFW_FWX -j NO_SUCH_TARGET\nCOMMIT\n")
+
+    def planned():
+        yield from nets[:2]
+        if where == "planning":
+            raise RuntimeError("planning failed")
+        yield from nets[2:]
+    with pytest.raises(RuntimeError if where == "planning" else BackendError):
+        b.load_fresh(b.read(), "VNETFW", planned())
+    assert save(netns, flavour) == before
+
+
+def eng_runner(ns: str):
+    from vnetfw.backends.runner import Runner
+    return Runner(netns=ns)
+
+
+def by_network(rs):
+    from vnetfw.backends.nftables import _by_network
+    return _by_network(rs)
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_kernel_without_checksum_gets_everything_else(netns, flavour, tmp_path, monkeypatch):
+    """The CHECKSUM fix-up is optional: when the kernel refuses it (simulated: its target is
+    renamed to one that does not exist), the first apply — streamed into a vacant firewall,
+    then read, diffed and retried — lands every other rule, with a warning."""
+    from vnetfw.backends import iptables as ipt
+    real = ipt.render_rule
+    monkeypatch.setattr(ipt, "render_rule", lambda r: real(r).replace(
+        "-j CHECKSUM --checksum-fill", "-j NO_CHECKSUM_HERE") if r.optional else real(r))
+    eng = engine(netns, flavour, tmp_path)
+    rep = eng.apply(NETS)
+    assert any("CHECKSUM" in w for w in rep.warnings)
+    b = eng.backend_for(eng.store.load())
+    want = plan(NETS, PROFILES["default"])
+    live = b.live_ruleset(b.read(), "VNETFW")
+    assert set(live.rules) == {r for r in want.rules if not r.optional}
+    assert any(r.optional for r in want.rules)

@@ -31,13 +31,14 @@ import ipaddress
 import re
 import shlex
 from dataclasses import dataclass, field
+from typing import Iterable, Sequence
 
 from ..errors import BackendError, RollbackIncomplete
 from ..ruleset import (CHECKSUM, LAYOUT, MASQUERADE, REJECT, SNAT, TABLES, Family, Rule,
                        Ruleset, chains_of)
 from . import Backend, Change, ChangeSet, Scope
 from .nfgen import Generation
-from .runner import Runner
+from .runner import CommandFailed, Runner
 
 COMMENT_PREFIX = "vnetfw:"
 JUMP_COMMENT = "vnetfw"
@@ -431,6 +432,84 @@ def _rule_edits(live: list[str], want: list[Rule], chain: str, fam: Family, tabl
     return lines
 
 
+class _Fresh:
+    """The restore scripts that load the layout and networks into a vacant firewall, built
+    network by network (``IptablesBackend.load_fresh``). Pure.
+
+    Per family the script is ``*filter``, the new chains, every network's filter rules as
+    they come, the jumps, ``COMMIT``, then the ``nat`` and ``mangle`` tables. Filter holds
+    most rules, so it is what streams; the small tables follow from memory. Until the
+    filter ``COMMIT``, a restore has committed nothing: input cut off there (vnetfw killed)
+    ends with "COMMIT expected" and no table changes. The report and the payload are what
+    ``changes`` computes against the same live state, in the same order."""
+
+    def __init__(self, live: IptLive, prefix: str) -> None:
+        self.prefix = prefix
+        self.rules: dict[tuple[Family, str, str], list[Rule]] = {
+            (f, c.table, c.suffix): [] for f in (4, 6) for c in LAYOUT}
+        self.lines: dict[tuple[Family, str], list[str]] = {
+            (f, t): [] for f in (4, 6) for t in TABLES}
+        # Our jumps go among whatever the builtin chains hold now (an admin's rules).
+        self.jumps: dict[tuple[Family, str], tuple[list[str], list[Change]]] = {}
+        for fam in (4, 6):
+            for table in TABLES:
+                dump = live.tables[fam].get(table, TableDump())
+                specs = chains_of(table)
+                lines: list[str] = []
+                items: list[Change] = []
+                for builtin in dict.fromkeys(c.builtin for c in specs):
+                    lines += _jump_edits(dump.chains.get(builtin, []), builtin,
+                                         [f"{prefix}_{c.suffix}" for c in specs
+                                          if c.builtin == builtin], fam, table, items)
+                self.jumps[fam, table] = (lines, items)
+
+    def head(self) -> str:
+        return "*filter\n" + "".join(f":{self.prefix}_{c.suffix} - [0:0]\n"
+                                      for c in chains_of("filter"))
+
+    def network(self, rules: Sequence[Rule]) -> dict[Family, str]:
+        """One network's filter lines per family, to stream; its nat and mangle lines are
+        kept for ``tail``."""
+        out: dict[Family, list[str]] = {4: [], 6: []}
+        for r in rules:
+            line = f"-A {self.prefix}_{r.chain} {render_rule(r)}\n"
+            self.rules[r.key].append(r)
+            self.lines[r.family, r.table].append(line)
+            if r.table == "filter":
+                out[r.family].append(line)
+        return {f: "".join(lines) for f, lines in out.items() if lines}
+
+    def tail(self, fam: Family) -> str:
+        """The filter table's jumps and ``COMMIT``, then the other tables whole."""
+        return ("".join(line + "\n" for line in self.jumps[fam, "filter"][0]) + "COMMIT\n"
+                + "".join(self._edit(fam, t).script(t) for t in TABLES if t != "filter"))
+
+    def script(self, fam: Family) -> str:
+        """The family's whole script, for a family that is not streamed."""
+        return self.head() + "".join(self.lines[fam, "filter"]) + self.tail(fam)
+
+    def _edit(self, fam: Family, table: str) -> TableEdit:
+        return TableEdit([f"{self.prefix}_{c.suffix}" for c in chains_of(table)],
+                         [line.rstrip("\n") for line in self.lines[fam, table]]
+                         + self.jumps[fam, table][0])
+
+    def changeset(self) -> ChangeSet:
+        items: list[Change] = []
+        payload: dict[Family, dict[str, TableEdit]] = {4: {}, 6: {}}
+        for fam in (4, 6):
+            for table in TABLES:
+                specs = chains_of(table)
+                items += [Change(fam, "create", table, f"chain {self.prefix}_{c.suffix}")
+                          for c in specs]
+                for c in specs:
+                    where = f"{table} {self.prefix}_{c.suffix}"
+                    items += [Change(fam, "add", where, "", r.network, r)
+                              for r in self.rules[fam, table, c.suffix]]
+                items += self.jumps[fam, table][1]
+                payload[fam][table] = self._edit(fam, table)
+        return ChangeSet(items, payload)
+
+
 def flavour_of(runner: Runner, backend: str | None) -> str | None:
     """The iptables flavour a backend writes to: ``iptables-nft``, ``iptables-legacy``, or
     None (not an iptables backend, or no telling). For ``iptables``, whichever the system's
@@ -659,6 +738,69 @@ class IptablesBackend(Backend):
                 raise RollbackIncomplete(msg + "; ROLLBACK INCOMPLETE: "
                                          + "; ".join(problems)) from e
             raise BackendError(msg) from e
+
+    def vacant(self, live: IptLive, prefix: str) -> bool:
+        # No chain of ours means no jump to one either: iptables refuses a jump to a chain
+        # that does not exist.
+        return not any(f"{prefix}_{c.suffix}" in live.tables[fam].get(c.table, TableDump()).chains
+                       for fam in (4, 6) for c in LAYOUT)
+
+    def load_fresh(self, live: IptLive, prefix: str,
+                   networks: Iterable[tuple[str, Sequence[Rule]]]) -> ChangeSet:
+        """IPv4's restore reads its filter table while the networks are planned; IPv6's
+        (a third of the rules) is written whole once they are, and runs while IPv4's
+        commits. Not both streamed: iptables-legacy-restore holds the xtables lock from
+        ``*filter`` to ``COMMIT``, so an IPv6 restore waiting for it would stop reading,
+        and vnetfw, blocked writing to it, would never end IPv4's input. A failure in either
+        restore rolls both families back from ``live``, as ``commit`` does."""
+        fresh = _Fresh(live, prefix)
+        if self.nf_tables is False:     # x_tables: see generation_after
+            self._pre_commit = self._fingerprint()
+        feed4 = self.runner.feed([self._cmd[4][1], "-w", "--noflush"])
+        try:
+            feed4.write(fresh.head())
+            for _, rules in networks:
+                if (text := fresh.network(rules).get(4)) is not None:
+                    feed4.write(text)
+        except BaseException as e:
+            # No COMMIT was sent: killed before the end of its input, the restore has
+            # changed nothing.
+            feed4.abort()
+            if isinstance(e, CommandFailed):
+                raise BackendError(f"{self.name}: change refused, nothing was changed: "
+                                   f"{e}") from e
+            raise
+        # From here a table may be committed: any failure rolls back.
+        failed: list[str] = []
+        feeds = [(4, feed4)]
+        fam = 4
+        try:
+            feed4.write(fresh.tail(4))
+            feed4.end()                     # IPv4 commits while IPv6 is written
+            fam = 6
+            feeds.append((6, self.runner.feed([self._cmd[6][1], "-w", "--noflush"])))
+            feeds[-1][1].write(fresh.script(6))
+        except BackendError as e:
+            failed.append(f"ipv{fam}: {e}")
+        except BaseException:               # interrupted: stop, put back, re-raise
+            for _, feed in feeds:
+                feed.abort()
+            self._rollback(live, fresh.changeset(), [4, 6])
+            raise
+        for fam, feed in feeds:
+            try:
+                feed.finish()
+            except BackendError as e:
+                if not any(f.startswith(f"ipv{fam}:") for f in failed):
+                    failed.append(f"ipv{fam}: {e}")
+        cs = fresh.changeset()
+        if failed:
+            problems = self._rollback(live, cs, [4, 6])
+            msg = f"{self.name}: change failed and was rolled back: {'; '.join(failed)}"
+            if problems:
+                raise RollbackIncomplete(msg + "; ROLLBACK INCOMPLETE: " + "; ".join(problems))
+            raise BackendError(msg)
+        return cs
 
     def _rollback(self, live: IptLive, changes: ChangeSet, families: list[Family]) -> list[str]:
         if live.assumed:

@@ -157,6 +157,7 @@ class Feed:
         self._out = out
         self._err = err
         self._timeout = timeout
+        self._error: CommandFailed | None = None
 
     def write(self, text: str) -> None:
         """Hand ``text`` to the command (blocks while its pipe is full). If the command
@@ -170,15 +171,19 @@ class Feed:
             raise self._failure(self._proc.returncode if self._proc.returncode else 1) \
                 from None
 
-    def finish(self) -> str:
-        """End the input (the command now acts on it), wait; return its stdout. Raise
-        CommandFailed on a non-zero exit."""
+    def end(self) -> None:
+        """End the input: the command now acts on it (``finish`` waits for it)."""
         try:
             self._close_pipe()
         except BrokenPipeError:
             pass
+
+    def finish(self) -> str:
+        """End the input, wait; return the command's stdout. Raise CommandFailed on a
+        non-zero exit."""
+        self.end()
         rc = self._wait()
-        if rc != 0:
+        if rc != 0 or self._error is not None:
             raise self._failure(rc)
         out = self._read(self._out)
         self._err.close()
@@ -214,9 +219,10 @@ class Feed:
                                f"{self._timeout:.0f}s") from None
 
     def _failure(self, rc: int) -> CommandFailed:
-        err = self._read(self._err)
-        self._out.close()
-        return CommandFailed(self.argv, rc, err)
+        if self._error is None:         # read its stderr once, however often it is asked
+            self._error = CommandFailed(self.argv, rc, self._read(self._err))
+            self._out.close()
+        return self._error
 
     @staticmethod
     def _read(f: IO[bytes]) -> str:
