@@ -32,7 +32,7 @@ import subprocess
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Collection, Iterable, Iterator, NamedTuple, Sequence
 
 from .backends import BACKENDS, Backend, Change, Scope, get_backend
 from .backends.nfgen import Generation
@@ -375,7 +375,11 @@ class Engine:
             state = self.store.load()
             b = self.backend_for(state)
             prof = self.profile_for(state)
-            source = iter(networks)
+            # A collection is loaded in name order, like ``plan`` and ``render``; a lazy
+            # iterable in the order it yields (a folder: file-name order). No packet can
+            # tell the difference, but nft lists chains in the order they were created.
+            source = iter(sorted(networks, key=lambda n: n.name)
+                          if isinstance(networks, Collection) else networks)
             nets: list[Network] = []            # the definitions read so far
             merged: dict[str, Network] = {}
 
