@@ -66,6 +66,7 @@ def _run_phase(self, argv, *a, **kw) -> str:
 TARGETS = [
     # module, attribute path, phase
     ("vnetfw.sources", "load_paths", "load definitions"),
+    ("vnetfw.sources", "load_file", "load definitions"),     # read_paths, file by file
     ("vnetfw.state", "StateStore.load", "state load"),
     ("vnetfw.state", "StateStore.save", "state save"),
     ("vnetfw.engine", "plan", "planning"),
