@@ -48,3 +48,14 @@ def test_missing_command():
     from vnetfw.errors import BackendError
     with pytest.raises(BackendError, match="command not found"):
         Runner().feed(["/nonexistent/vnetfw-test-command"])
+
+
+def test_a_command_that_stops_reading_is_killed_when_time_runs_out():
+    """A command that never reads (one waiting for a lock) cannot block vnetfw's writes
+    for ever: the watchdog kills it and the write fails with the reason."""
+    from vnetfw.errors import BackendError
+    feed = Runner(timeout=0.5).feed([PY, "-c", "import time; time.sleep(30)"])
+    with pytest.raises(BackendError, match="did not finish within"):
+        for _ in range(10_000):
+            feed.write("x" * 4096)          # 40 MB: far beyond any pipe
+        feed.finish()

@@ -22,9 +22,8 @@ import fcntl
 import os
 import re
 import shutil
-import signal
 import subprocess
-import tempfile
+import threading
 from dataclasses import dataclass
 from typing import IO
 
@@ -113,9 +112,11 @@ class Runner:
     def feed(self, argv: list[str]) -> "Feed":
         """Start ``argv`` in our namespace with an input pipe that ``Feed.write`` fills;
         ``Feed.finish`` ends the input and waits, ``Feed.abort`` kills the command before it
-        sees the end of its input. The command's output goes to files, not pipes, so it
-        never blocks on output nobody reads while vnetfw blocks writing its input."""
+        sees the end of its input. The command's output goes to memory files, not pipes, so
+        it never blocks on output nobody reads while vnetfw blocks writing its input; and
+        the whole run, writes included, is bounded by the runner's timeout."""
         fd = None
+        out = err = None
         r, w = os.pipe()
         try:
             # A pipe holds 64 KiB: vnetfw would stop at every 64 KiB until the command
@@ -125,108 +126,130 @@ class Runner:
         except OSError:
             pass
         try:
+            try:
+                out, err = _memfile("stdout"), _memfile("stderr")
+            except OSError as e:
+                raise BackendError(f"{argv[0]}: cannot hold its output: {e}") from None
             fd, kwargs = self._netns_kwargs()
             kwargs["pass_fds"] = kwargs.get("pass_fds", ()) + (r,)
             args = [f"/dev/fd/{r}" if a == FEED_PATH else a for a in argv]
-            out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
             try:
                 proc = subprocess.Popen(args, stdin=r if FEED_PATH not in argv else
                                         subprocess.DEVNULL, stdout=out, stderr=err, **kwargs)
             except FileNotFoundError:
-                out.close()
-                err.close()
                 raise BackendError(f"{argv[0]}: command not found") from None
+            except OSError as e:
+                raise BackendError(f"{argv[0]}: cannot start: {e}") from None
         except BaseException:
             os.close(w)
+            for f in (out, err):
+                if f is not None:
+                    f.close()
             raise
         finally:
             os.close(r)
             if fd is not None:
                 os.close(fd)
-        return Feed(argv, proc, os.fdopen(w, "w", encoding="utf-8"), out, err, self.timeout)
+        return Feed(argv, proc, w, out, err, self.timeout)
+
+
+def _memfile(name: str) -> IO[bytes]:
+    """An anonymous file in memory (no temporary directory needed)."""
+    return os.fdopen(os.memfd_create(f"vnetfw-{name}", os.MFD_CLOEXEC), "w+b")
 
 
 class Feed:
-    """A running command reading what vnetfw writes (``Runner.feed``)."""
+    """A running command reading what vnetfw writes (``Runner.feed``).
 
-    def __init__(self, argv: list[str], proc: subprocess.Popen, pipe: IO[str],
+    Writes go straight to the pipe, unbuffered, so a failure is seen where it happens and
+    never left in a buffer. A watchdog kills the command when ``timeout`` runs out, which
+    also ends a write blocked on a command that stopped reading (one waiting for a lock)."""
+
+    def __init__(self, argv: list[str], proc: subprocess.Popen, pipe: int,
                  out: IO[bytes], err: IO[bytes], timeout: float) -> None:
         self.argv = argv
         self._proc = proc
-        self._pipe: IO[str] | None = pipe
+        self._pipe: int | None = pipe
         self._out = out
         self._err = err
         self._timeout = timeout
-        self._error: CommandFailed | None = None
+        self._error: BackendError | None = None
+        self._expired = False
+        self._watchdog = threading.Timer(timeout, self._expire)
+        self._watchdog.daemon = True
+        self._watchdog.start()
 
     def write(self, text: str) -> None:
         """Hand ``text`` to the command (blocks while its pipe is full). If the command
-        already stopped reading (it failed), raise its failure."""
-        assert self._pipe is not None, "feed already finished"
+        stopped reading (it failed, or ran out of time), raise why."""
+        assert self._pipe is not None, "feed already ended"
+        data = memoryview(text.encode())
         try:
-            self._pipe.write(text)
-        except BrokenPipeError:
+            while data:
+                data = data[os.write(self._pipe, data):]
+        except OSError:                 # EPIPE: the command is gone
             self._close_pipe()
-            self._wait()
-            raise self._failure(self._proc.returncode if self._proc.returncode else 1) \
-                from None
+            raise self._failure(self._wait() or 1) from None
 
     def end(self) -> None:
         """End the input: the command now acts on it (``finish`` waits for it)."""
-        try:
-            self._close_pipe()
-        except BrokenPipeError:
-            pass
+        self._close_pipe()
 
     def finish(self) -> str:
         """End the input, wait; return the command's stdout. Raise CommandFailed on a
-        non-zero exit."""
+        non-zero exit, BackendError when it ran out of time."""
         self.end()
         rc = self._wait()
         if rc != 0 or self._error is not None:
             raise self._failure(rc)
-        out = self._read(self._out)
-        self._err.close()
-        return out
+        self._out.seek(0)
+        text = self._out.read().decode("utf-8", "replace")
+        self._close_files()
+        return text
 
     def abort(self) -> None:
         """Kill the command before it reads the end of its input, so it acts on nothing
         (each caller makes sure a cut-off input means nothing to its command). Never
         raises."""
         try:
-            self._proc.send_signal(signal.SIGKILL)
+            self._proc.kill()
         except OSError:
             pass
-        try:
-            self._close_pipe()
-        except OSError:
-            pass
+        self._close_pipe()
         self._proc.wait()
-        self._out.close()
-        self._err.close()
+        self._close_files()
+
+    def _expire(self) -> None:
+        self._expired = True
+        try:
+            self._proc.kill()
+        except OSError:
+            pass
 
     def _close_pipe(self) -> None:
         pipe, self._pipe = self._pipe, None
         if pipe is not None:
-            pipe.close()
+            os.close(pipe)
 
     def _wait(self) -> int:
-        try:
-            return self._proc.wait(timeout=self._timeout)
-        except subprocess.TimeoutExpired:
-            self.abort()
-            raise BackendError(f"{self.argv[0]} did not finish within "
-                               f"{self._timeout:.0f}s") from None
+        # The watchdog bounds the wait: it kills the command when the time is up.
+        rc = self._proc.wait()
+        self._watchdog.cancel()
+        return rc
 
-    def _failure(self, rc: int) -> CommandFailed:
+    def _failure(self, rc: int) -> BackendError:
         if self._error is None:         # read its stderr once, however often it is asked
-            self._error = CommandFailed(self.argv, rc, self._read(self._err))
-            self._out.close()
+            if self._expired:
+                self._error = BackendError(f"{self.argv[0]} did not finish within "
+                                           f"{self._timeout:.0f}s and was killed")
+            else:
+                self._err.seek(0)
+                self._error = CommandFailed(self.argv, rc,
+                                            self._err.read().decode("utf-8", "replace"))
+            self._close_files()
         return self._error
 
-    @staticmethod
-    def _read(f: IO[bytes]) -> str:
-        f.seek(0)
-        text = f.read().decode("utf-8", "replace")
-        f.close()
-        return text
+    def _close_files(self) -> None:
+        self._watchdog.cancel()
+        self._out.close()
+        self._err.close()
