@@ -93,6 +93,7 @@ TARGETS = [
     ("vnetfw.backends.nftables", "NftablesBackend.load_fresh", "kernel commit (process)"),
     ("vnetfw.backends.iptables", "IptablesBackend.load_fresh", "kernel commit (process)"),
     ("vnetfw.plan", "network_rules", "planning"),
+    ("vnetfw.engine", "network_rules", "planning"),     # the engine's own reference
 ]
 
 
@@ -151,4 +152,6 @@ def run_cli(out_path: str, args: list[str], t_start: float) -> None:
                    "imports_s": imports, "main_s": run, "phases_s": _acc, "calls": _calls,
                    "not_timed": missing}, f)
     sys.stdout.flush()
-    os._exit(rc)            # like vnetfw.cli.run: no interpreter teardown
+    sys.stderr.flush()
+    os._exit(rc)            # no interpreter teardown, as vnetfw.cli.run (which also runs
+                            # exit handlers: vnetfw registers none on these paths)

@@ -158,7 +158,7 @@ class Engine:
         for ``networks``: same backend, prefix, profile and networks, and the generation has
         not moved since (no change at all, by anyone). No readback needed."""
         return (self._last_commit_was(state, backend, profile) and networks == state.networks
-                and self._generation(backend) == state.generation)
+                and self._proven(state, backend, profile, self._generation(backend)))
 
     def _proven(self, state: State, backend: Backend, profile: Profile,
                 generation: Generation | None) -> bool:
@@ -235,11 +235,13 @@ class Engine:
 
         ``g0``: the generation, if the caller already read it (before anything else).
 
-        ``fresh``: the same networks, planned one by one (``plan_networks``), with
+        ``fresh``: the same networks, planned one by one (``plan_networks``; apply's also
+        reads their definition files as it goes, so it may raise DefinitionError), with
         ``prefix``. If the live firewall holds nothing of that prefix's (first apply, after
         a reboot or a flush), the backend loads them while they are planned
-        (``load_fresh``); if that fails, it has loaded nothing and the full path runs,
-        which says why (or leaves out optional rules the kernel lacks)."""
+        (``load_fresh``). If that fails, the backend has loaded nothing or rolled back;
+        a definition error then wins over the backend's, and only a plan with optional
+        rules (which the kernel may lack) is tried again, without them."""
         if g0 is _UNREAD:
             g0 = self._generation(backend)
         if partial is not None and g0 is not None and g0 == partial.generation \
@@ -252,30 +254,35 @@ class Engine:
             except BackendError:
                 g0 = backend.generation()       # undone; the full path says what it does
         live = backend.read()                   # g0 was taken before: the diff's base
+        refused: BackendError | None = None
         if fresh is not None and prefix is not None and not dry_run \
                 and backend.vacant(live, prefix):
             try:
                 cs = backend.load_fresh(live, prefix, fresh())
-            except RollbackIncomplete:
-                raise
-            except BackendError:
-                g0 = backend.generation()
-                live = backend.read()
-            else:
                 report.changes += cs.items
                 return backend.generation_after(cs, g0)
-        if callable(desired):
-            desired = desired()
-        try:
-            return self._commit_diff(backend, live, desired, scope, dry_run, report, g0, prefix)
-        except BackendError as e:
-            if desired is None or not any(r.optional for r in desired.rules):
+            except RollbackIncomplete:
                 raise
-            trimmed = replace(desired, rules=tuple(r for r in desired.rules if not r.optional))
-            report.warnings.append(f"optional rules (CHECKSUM fix-up) left out: {e}")
-            self._commit_diff(backend, backend.read(), trimmed, scope, dry_run, report, None,
-                              prefix)
-            return None     # the plan holds rules the kernel refused: never "untouched"
+            except BackendError as e:
+                refused = e
+        if callable(desired):
+            desired = desired()                 # after a refusal: a bad definition says so
+        if refused is None:
+            try:
+                return self._commit_diff(backend, live, desired, scope, dry_run, report, g0,
+                                         prefix)
+            except RollbackIncomplete:
+                raise                           # no baseline for another attempt
+            except BackendError as e:
+                refused = e
+        eff = backend.effective(desired) if desired is not None else None
+        if eff is None or not any(r.optional for r in eff.rules):
+            raise refused
+        trimmed = replace(desired, rules=tuple(r for r in desired.rules if not r.optional))
+        report.warnings.append(f"optional rules (CHECKSUM fix-up) left out: {refused}")
+        self._commit_diff(backend, backend.read(), trimmed, scope, dry_run, report, None,
+                          prefix)
+        return None     # the plan holds rules the kernel refused: never "untouched"
 
     @staticmethod
     def _commit_diff(backend: Backend, live: Any, desired: Ruleset | None, scope: Scope,
@@ -366,18 +373,20 @@ class Engine:
     def apply(self, networks: Iterable[Network], dry_run: bool = False) -> Report:
         """Start or update ``networks``; every other active network stays as it is.
 
-        ``networks`` may be lazy (the CLI reads definition files as they are asked for):
-        when the firewall holds nothing of vnetfw's, each network goes to the backend as
-        soon as it is read (``_sync``'s ``fresh``), and all are checked together before
-        the backend's process sees the end of its input. A bad definition met half-way
-        therefore loads nothing, like one met first."""
+        ``networks`` may be lazy (the CLI reads definition files as they are asked for).
+        While vnetfw's last commit may still be live (a re-apply, an added network) every
+        one is read first. Otherwise, when the firewall holds nothing of vnetfw's, each
+        goes to the backend as soon as it is read (``_sync``'s ``fresh``), and all are
+        checked together before the backend's process sees the end of its input: a bad
+        definition met half-way loads nothing, like one met first."""
         with self.store.lock():
             state = self.store.load()
             b = self.backend_for(state)
             prof = self.profile_for(state)
-            # A collection is loaded in name order, like ``plan`` and ``render``; a lazy
-            # iterable in the order it yields (a folder: file-name order). No packet can
-            # tell the difference, but nft lists chains in the order they were created.
+            # New networks load in the order they come: a collection sorted by name, like
+            # ``plan`` and ``render``; a lazy iterable as it yields (a folder: file-name
+            # order). Active networks not redefined follow by name. No packet can tell,
+            # but nft lists chains in the order they were created.
             source = iter(sorted(networks, key=lambda n: n.name)
                           if isinstance(networks, Collection) else networks)
             nets: list[Network] = []            # the definitions read so far
@@ -396,15 +405,15 @@ class Engine:
                 return merged
 
             def as_read() -> Iterator[tuple[str, tuple[Rule, ...]]]:
-                """Each network planned as soon as it is read (if not read already); then
-                every other network, checked together with these."""
+                """Each network planned as soon as it is read (if not read already); then,
+                once all are checked together, the others by name."""
                 done: set[str] = set()
                 for n in source:
                     nets.append(n)
                     done.add(n.name)
                     yield n.name, network_rules(n, prof)
-                yield from ((k, network_rules(n, prof)) for k, n in everything().items()
-                            if k not in done)
+                yield from ((k, network_rules(n, prof))
+                            for k, n in sorted(everything().items()) if k not in done)
 
             rep = Report("apply", b.name)
             if self._last_commit_was(state, b, prof):

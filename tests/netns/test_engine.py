@@ -604,7 +604,7 @@ def test_apply_into_a_vacant_firewall_loads_while_it_reads(netns, tmp_path, monk
     assert not eng.apply(NETS).changed
 
 
-@pytest.mark.parametrize("flavour", ["nftables"])
+@pytest.mark.parametrize("flavour", ["nftables", "iptables-nft"])
 @pytest.mark.parametrize("bad", ["definition", "clash"])
 def test_a_bad_definition_met_half_way_loads_nothing(netns, flavour, bad, tmp_path):
     """A file that fails on its own after others were streamed, or two new networks that
@@ -643,7 +643,17 @@ def test_vacant_firewall_with_active_networks_gets_them_all(netns, flavour, tmp_
     assert eng.check() == []
 
 
-@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_iptables_legacy_never_streams(netns, tmp_path, monkeypatch):
+    """x_tables' restore holds the global xtables lock from *filter to COMMIT: vnetfw does
+    not hold it while it reads files and plans, so legacy is never 'vacant'."""
+    from vnetfw.backends.runner import Runner
+    b = IptablesBackend(eng_runner(netns), flavour="iptables-legacy")
+    assert not b.vacant(b.read(), "VNETFW")
+    monkeypatch.setattr(Runner, "feed", lambda *a: pytest.fail("legacy streamed"))
+    assert engine(netns, "iptables-legacy", tmp_path).apply(NETS).changed
+
+
+@pytest.mark.parametrize("flavour", ["iptables-nft"])
 def test_iptables_fresh_load_equals_the_diffed_change(netns, flavour, tmp_path):
     """Into a vacant firewall (an admin's rules only), the streamed load lands what the
     read-diff-commit path would, reports the same changes, and its generation is trusted."""
@@ -663,8 +673,8 @@ def test_iptables_fresh_load_equals_the_diffed_change(netns, flavour, tmp_path):
     assert without_ours(save(netns, flavour)) == before
 
 
-@pytest.mark.parametrize("flavour", FLAVOURS)
-@pytest.mark.parametrize("where", ["planning", "ipv4-nat", "ipv6"])
+@pytest.mark.parametrize("flavour", ["iptables-nft"])
+@pytest.mark.parametrize("where", ["planning", "ipv4-nat", "ipv6", "interrupted"])
 def test_iptables_fresh_load_failing_anywhere_changes_nothing(netns, flavour, where, tmp_path,
                                                              monkeypatch):
     """Planning fails half-way (nothing committed yet), IPv4's second table is refused after
@@ -684,13 +694,23 @@ def test_iptables_fresh_load_failing_anywhere_changes_nothing(netns, flavour, wh
     if where == "ipv6":
         monkeypatch.setattr(ipt._Fresh, "script", lambda self, fam: real_script(self, fam)
                             + "*filter\n-A VNETFW_FWX -j NO_SUCH_TARGET\nCOMMIT\n")
+    if where == "interrupted":      # Ctrl-C while IPv4 commits and IPv6 is written
+        from vnetfw.backends.runner import Feed
+        real_finish = Feed.finish
+
+        def finish(self):
+            if "ip6tables" in self.argv[0]:
+                raise KeyboardInterrupt
+            return real_finish(self)
+        monkeypatch.setattr(Feed, "finish", finish)
 
     def planned():
         yield from nets[:2]
         if where == "planning":
             raise RuntimeError("planning failed")
         yield from nets[2:]
-    with pytest.raises(RuntimeError if where == "planning" else BackendError):
+    raised = {"planning": RuntimeError, "interrupted": KeyboardInterrupt}.get(where, BackendError)
+    with pytest.raises(raised):
         b.load_fresh(b.read(), "VNETFW", planned())
     assert save(netns, flavour) == before
 

@@ -38,7 +38,7 @@ from ..ruleset import (CHECKSUM, LAYOUT, MASQUERADE, REJECT, SNAT, TABLES, Famil
                        Ruleset, chains_of)
 from . import Backend, Change, ChangeSet, Scope
 from .nfgen import Generation
-from .runner import CommandFailed, Runner
+from .runner import Runner
 
 COMMENT_PREFIX = "vnetfw:"
 JUMP_COMMENT = "vnetfw"
@@ -740,8 +740,13 @@ class IptablesBackend(Backend):
             raise BackendError(msg) from e
 
     def vacant(self, live: IptLive, prefix: str) -> bool:
-        # No chain of ours means no jump to one either: iptables refuses a jump to a chain
-        # that does not exist.
+        """No chain of ours (so no jump to one either: iptables refuses a jump to a chain
+        that does not exist). False on x_tables, whose restore holds the global xtables
+        lock from ``*filter`` to ``COMMIT``: streaming would hold it while vnetfw reads
+        definition files and plans, keeping every other iptables user on the host (libvirt,
+        Docker, firewalld) waiting or failing. Those get the ordinary one-shot restore."""
+        if self.nf_tables is not True:
+            return False
         return not any(f"{prefix}_{c.suffix}" in live.tables[fam].get(c.table, TableDump()).chains
                        for fam in (4, 6) for c in LAYOUT)
 
@@ -749,13 +754,10 @@ class IptablesBackend(Backend):
                    networks: Iterable[tuple[str, Sequence[Rule]]]) -> ChangeSet:
         """IPv4's restore reads its filter table while the networks are planned; IPv6's
         (a third of the rules) is written whole once they are, and runs while IPv4's
-        commits. Not both streamed: iptables-legacy-restore holds the xtables lock from
-        ``*filter`` to ``COMMIT``, so an IPv6 restore waiting for it would stop reading,
-        and vnetfw, blocked writing to it, would never end IPv4's input. A failure in either
-        restore rolls both families back from ``live``, as ``commit`` does."""
+        commits. A failure before IPv4's filter ``COMMIT`` kills the restore (nothing is
+        committed); any failure after it, an interrupt included, rolls back every family
+        whose restore started, from ``live``, as ``commit`` does."""
         fresh = _Fresh(live, prefix)
-        if self.nf_tables is False:     # x_tables: see generation_after
-            self._pre_commit = self._fingerprint()
         feed4 = self.runner.feed([self._cmd[4][1], "-w", "--noflush"])
         try:
             feed4.write(fresh.head())
@@ -763,39 +765,41 @@ class IptablesBackend(Backend):
                 if (text := fresh.network(rules).get(4)) is not None:
                     feed4.write(text)
         except BaseException as e:
-            # No COMMIT was sent: killed before the end of its input, the restore has
-            # changed nothing.
-            feed4.abort()
-            if isinstance(e, CommandFailed):
+            feed4.abort()               # no COMMIT sent: nothing was committed
+            if isinstance(e, BackendError):
                 raise BackendError(f"{self.name}: change refused, nothing was changed: "
                                    f"{e}") from e
             raise
-        # From here a table may be committed: any failure rolls back.
+        # From here a table may be committed: whatever fails, roll back.
+        started = [(4, feed4)]
         failed: list[str] = []
-        feeds = [(4, feed4)]
-        fam = 4
         try:
-            feed4.write(fresh.tail(4))
-            feed4.end()                     # IPv4 commits while IPv6 is written
-            fam = 6
-            feeds.append((6, self.runner.feed([self._cmd[6][1], "-w", "--noflush"])))
-            feeds[-1][1].write(fresh.script(6))
-        except BackendError as e:
-            failed.append(f"ipv{fam}: {e}")
-        except BaseException:               # interrupted: stop, put back, re-raise
-            for _, feed in feeds:
-                feed.abort()
-            self._rollback(live, fresh.changeset(), [4, 6])
-            raise
-        for fam, feed in feeds:
+            fam = 4
             try:
-                feed.finish()
+                feed4.write(fresh.tail(4))
+                feed4.end()                 # IPv4 commits while IPv6 is written
+                fam = 6
+                started.append((6, self.runner.feed([self._cmd[6][1], "-w", "--noflush"])))
+                started[-1][1].write(fresh.script(6))
             except BackendError as e:
-                if not any(f.startswith(f"ipv{fam}:") for f in failed):
-                    failed.append(f"ipv{fam}: {e}")
+                failed.append(f"ipv{fam}: {e}")
+            for fam, feed in started:
+                try:
+                    feed.finish()
+                except BackendError as e:
+                    if not any(f.startswith(f"ipv{fam}:") for f in failed):
+                        failed.append(f"ipv{fam}: {e}")
+        except BaseException as e:          # interrupted: stop, put back, re-raise
+            for _, feed in started:
+                feed.abort()
+            problems = self._rollback(live, fresh.changeset(), [f for f, _ in started])
+            if problems:
+                raise RollbackIncomplete(f"{self.name}: interrupted and rolled back; "
+                                         "ROLLBACK INCOMPLETE: " + "; ".join(problems)) from e
+            raise
         cs = fresh.changeset()
         if failed:
-            problems = self._rollback(live, cs, [4, 6])
+            problems = self._rollback(live, cs, [f for f, _ in started])
             msg = f"{self.name}: change failed and was rolled back: {'; '.join(failed)}"
             if problems:
                 raise RollbackIncomplete(msg + "; ROLLBACK INCOMPLETE: " + "; ".join(problems))
