@@ -386,10 +386,24 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:          # "vnetfw render ... | head": not an error
+    except BrokenPipeError:
+        if not _stdout_gone():
+            raise                    # a pipe to something else broke: that is an error
+        # "vnetfw render ... | head": the reader of our output went away, not an error.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+
+
+def _stdout_gone() -> bool:
+    """Has the reader of our stdout gone away? (A pipe with no reader polls as POLLERR.)"""
+    import select
+    try:
+        p = select.poll()
+        p.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in p.poll(0))
+    except (OSError, ValueError):
+        return False
 
 
 def run() -> NoReturn:
