@@ -52,6 +52,14 @@ _DRIFT_WORDS = {"create": "missing", "add": "missing", "insert": "missing",
                 "reset": "wrong", "rebuild": "foreign objects in"}
 
 
+def _some(names: list[str], shown: int = 8) -> str:
+    """Names for an error message: a host with 1,000 networks gets a line, not a page."""
+    if not names:
+        return "none"
+    more = f", ... {len(names) - shown} more ('vnetfw list')" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 def drift_text(c: Change) -> str:
     """A backend change, phrased as what is wrong with the live firewall."""
     fam = f"ipv{c.family} " if c.family else ""
@@ -459,7 +467,7 @@ class Engine:
             unknown = [n for n in names if n not in state.networks]
             if unknown:
                 raise DefinitionError("remove", f"not active: {', '.join(unknown)} (active: "
-                                      f"{', '.join(sorted(state.networks)) or 'none'})")
+                                      f"{_some(sorted(state.networks))})")
             b = self.backend_for(state)
             prof = self.profile_for(state)
             kept = {k: v for k, v in state.networks.items() if k not in names}

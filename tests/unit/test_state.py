@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from vnetfw import __version__
 from vnetfw.backends.nfgen import Generation
 from vnetfw.state import State, StateStore
@@ -33,3 +35,19 @@ def test_recorded_backend_reads_no_networks(tmp_path):
     assert store.recorded_backend() == "iptables-legacy"
     store.path.write_text("{not json")
     assert store.recorded_backend() is None
+
+
+def test_an_unknown_network_in_remove_lists_a_few_active_ones(tmp_path):
+    """On a host with many networks the error is one line, not a page of names."""
+    from vnetfw.engine import Engine
+    from vnetfw.errors import DefinitionError
+    from vnetfw.model import Mode, Network
+    from vnetfw.state import State, StateStore
+    store = StateStore(tmp_path)
+    nets = {f"n{k:03}": Network(f"n{k:03}", Mode.OPEN) for k in range(50)}
+    store.save(State("iptables-nft", "default", "VNETFW", nets, None))
+    with pytest.raises(DefinitionError) as e:
+        Engine(backend="iptables-nft", state_dir=tmp_path).remove(["nope"])
+    msg = str(e.value)
+    assert "not active: nope" in msg and "n000, n001" in msg and "42 more" in msg
+    assert "n049" not in msg
