@@ -44,7 +44,7 @@ def test_an_unknown_network_in_remove_lists_a_few_active_ones(tmp_path):
     from vnetfw.model import Mode, Network
     from vnetfw.state import State, StateStore
     store = StateStore(tmp_path)
-    nets = {f"n{k:03}": Network(f"n{k:03}", Mode.OPEN) for k in range(50)}
+    nets = {f"n{k:03}": Network(f"n{k:03}", Mode.OPEN, bridge=f"br{k}") for k in range(50)}
     store.save(State("iptables-nft", "default", "VNETFW", nets, None))
     with pytest.raises(DefinitionError) as e:
         Engine(backend="iptables-nft", state_dir=tmp_path).remove(["nope"])
