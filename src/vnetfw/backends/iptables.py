@@ -1,7 +1,9 @@
 """iptables backend (iptables-nft, iptables-legacy, or whichever ``iptables`` is).
 
 Reads with one ``iptables-save -c`` per family, writes with one ``iptables-restore --noflush``
-per family, so a change of any size is two processes, not one per rule.
+per family, so a change of any size is two processes, not one per rule. Into a firewall
+holding none of vnetfw's chains (``vacant``, iptables-nft only), ``load_fresh`` has the IPv4
+restore read its filter table while the engine plans the networks (``_Fresh``).
 
 Netfilter facts this module is built around:
 - iptables-restore is atomic per table (each ``COMMIT``), not per file: a failure in the

@@ -17,7 +17,11 @@ Contract (``Backend``):
   deletes the prefix's table. The payload is one nft script.
 - ``commit(live, changes)``: ``nft -f -`` with that script: one netlink batch, which the
   kernel applies whole or not at all, so there is nothing to roll back.
-- ``render(desired, family)``: the script ``commit`` would load on an empty system.
+- ``render(desired, family)``: the script ``commit`` would load on an empty system: one
+  ``table inet T { ... }`` block (``fresh``).
+- ``vacant(live, prefix)`` / ``load_fresh(live, prefix, networks)``: no table of the
+  prefix's yet; then that block is written into a running ``nft -f`` network by network
+  while the engine plans (still one transaction; input cut off does not parse).
 - ``live_ruleset(live, prefix)``: the rules that are live *and dispatched* (a per-network
   chain whose map element is missing does not count), as a backend-neutral ``Ruleset``.
 - ``effective(desired)``: what of ``desired`` this backend implements: the optional CHECKSUM
