@@ -386,9 +386,10 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
-        if not _stdout_gone():
-            raise                    # a pipe to something else broke: that is an error
+    except BrokenPipeError as e:
+        if not _stdout_gone():       # a pipe to something else broke: that is an error
+            print(f"vnetfw: error: {e}", file=sys.stderr)
+            return 1
         # "vnetfw render ... | head": the reader of our output went away, not an error.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
@@ -396,12 +397,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _stdout_gone() -> bool:
-    """Has the reader of our stdout gone away? (A pipe with no reader polls as POLLERR.)"""
+    """Has the reader of our stdout gone away? (A pipe with no reader polls POLLERR, a
+    socket whose peer left POLLHUP.)"""
     import select
     try:
         p = select.poll()
         p.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(ev & select.POLLERR for _, ev in p.poll(0))
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in p.poll(0))
     except (OSError, ValueError):
         return False
 

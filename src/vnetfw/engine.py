@@ -19,9 +19,10 @@ network hook. Hooks run after the firewall change is complete, so a failing hook
 leaves half-applied rules: it is reported (``Report.hook_failures``, exit status 6) and the
 rules stay whole.
 
-Optional rules (the CHECKSUM fix-up, which some kernels lack): if a commit fails and the
-desired ruleset holds optional rules, the change is retried once without them and the report
-carries a warning, like libvirt which treats that rule as best-effort.
+Optional rules (the CHECKSUM fix-up, which some kernels lack): if a full commit fails and
+what the backend implements of the desired ruleset holds optional rules (never on nftables,
+which has no CHECKSUM), the change is committed again without them and the report carries a
+warning, like libvirt which treats that rule as best-effort.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Any, Callable, Collection, Iterable, Iterator, NamedTuple, Se
 
 from .backends import BACKENDS, Backend, Change, Scope, get_backend
 from .backends.nfgen import Generation
-from .backends.runner import Runner
+from .backends.runner import FeedUnavailable, Runner
 from .errors import BackendError, DefinitionError, RollbackIncomplete
 from .model import Mode, Network, validate_together
 from .plan import PROFILES, Profile, network_rules, plan, plan_networks
@@ -247,9 +248,12 @@ class Engine:
         reads their definition files as it goes, so it may raise DefinitionError), with
         ``prefix``. If the live firewall holds nothing of that prefix's (first apply, after
         a reboot or a flush), the backend loads them while they are planned
-        (``load_fresh``). If that fails, the backend has loaded nothing or rolled back;
-        a definition error then wins over the backend's, and only a plan with optional
-        rules (which the kernel may lack) is tried again, without them."""
+        (``load_fresh``). If that fails, the backend has loaded nothing or rolled back
+        (except: an interrupt after nft sent its batch may leave the table loaded and the
+        state unsaved; the next command finds and repairs it); a definition error then wins
+        over the backend's, and only a plan with optional rules (which the kernel may lack)
+        is tried again, without them. If the tool could not be fed at all
+        (``FeedUnavailable``), the ordinary path runs."""
         if g0 is _UNREAD:
             g0 = self._generation(backend)
         if partial is not None and g0 is not None and g0 == partial.generation \
@@ -267,12 +271,15 @@ class Engine:
                 and backend.vacant(live, prefix):
             try:
                 cs = backend.load_fresh(live, prefix, fresh())
-                report.changes += cs.items
-                return backend.generation_after(cs, g0)
             except RollbackIncomplete:
                 raise
+            except FeedUnavailable:
+                pass    # nothing started (no /dev/fd, no memory file...): the path below
             except BackendError as e:
                 refused = e
+            else:
+                report.changes += cs.items
+                return backend.generation_after(cs, g0)
         if callable(desired):
             desired = desired()                 # after a refusal: a bad definition says so
         if refused is None:

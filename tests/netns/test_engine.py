@@ -742,3 +742,20 @@ def test_kernel_without_checksum_gets_everything_else(netns, flavour, tmp_path, 
     live = b.live_ruleset(b.read(), "VNETFW")
     assert set(live.rules) == {r for r in want.rules if not r.optional}
     assert any(r.optional for r in want.rules)
+
+
+
+@pytest.mark.parametrize("flavour", ["nftables", "iptables-nft"])
+def test_a_tool_that_cannot_be_fed_here_is_run_the_ordinary_way(netns, flavour, tmp_path,
+                                                                monkeypatch):
+    """No /dev/fd, no memory file, a fork refused: nothing about the firewall, so the load
+    falls back to read-diff-commit, every rule included (no CHECKSUM left out)."""
+    from vnetfw.backends.runner import FeedUnavailable, Runner
+
+    def unavailable(self, argv):
+        raise FeedUnavailable(f"{argv[0]}: no /dev/fd to hand it a pipe as a file")
+    monkeypatch.setattr(Runner, "feed", unavailable)
+    eng = engine(netns, flavour, tmp_path)
+    rep = eng.apply(NETS)
+    assert rep.changed and rep.warnings == []
+    assert eng.check() == [] and eng.store.load().generation is not None

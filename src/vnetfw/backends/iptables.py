@@ -442,8 +442,8 @@ class _Fresh:
     they come, the jumps, ``COMMIT``, then the ``nat`` and ``mangle`` tables. Filter holds
     most rules, so it is what streams; the small tables follow from memory. Until the
     filter ``COMMIT``, a restore has committed nothing: input cut off there (vnetfw killed)
-    ends with "COMMIT expected" and no table changes. The report and the payload are what
-    ``changes`` computes against the same live state, in the same order."""
+    ends with "COMMIT expected" and no table changes. The report and the payload hold what
+    ``changes`` computes against the same live state; networks in the order they came."""
 
     def __init__(self, live: IptLive, prefix: str) -> None:
         self.prefix = prefix
@@ -756,11 +756,19 @@ class IptablesBackend(Backend):
                    networks: Iterable[tuple[str, Sequence[Rule]]]) -> ChangeSet:
         """IPv4's restore reads its filter table while the networks are planned; IPv6's
         (a third of the rules) is written whole once they are, and runs while IPv4's
-        commits. A failure before IPv4's filter ``COMMIT`` kills the restore (nothing is
+        commits (rules in the order the networks come; the blocks' order means nothing). A failure before IPv4's filter ``COMMIT`` kills the restore (nothing is
         committed); any failure after it, an interrupt included, rolls back every family
         whose restore started, from ``live``, as ``commit`` does."""
         fresh = _Fresh(live, prefix)
+        # Both started now, so that one that cannot start (FeedUnavailable) stops the load
+        # before anything is written; IPv6's waits for its input (iptables-nft takes no
+        # lock for that).
         feed4 = self.runner.feed([self._cmd[4][1], "-w", "--noflush"])
+        try:
+            feed6 = self.runner.feed([self._cmd[6][1], "-w", "--noflush"])
+        except BaseException:
+            feed4.abort()
+            raise
         try:
             feed4.write(fresh.head())
             for _, rules in networks:
@@ -768,6 +776,7 @@ class IptablesBackend(Backend):
                     feed4.write(text)
         except BaseException as e:
             feed4.abort()               # no COMMIT sent: nothing was committed
+            feed6.abort()
             if isinstance(e, BackendError):
                 raise BackendError(f"{self.name}: change refused, nothing was changed: "
                                    f"{e}") from e
@@ -781,10 +790,12 @@ class IptablesBackend(Backend):
                 feed4.write(fresh.tail(4))
                 feed4.end()                 # IPv4 commits while IPv6 is written
                 fam = 6
-                started.append((6, self.runner.feed([self._cmd[6][1], "-w", "--noflush"])))
-                started[-1][1].write(fresh.script(6))
+                started.append((6, feed6))
+                feed6.write(fresh.script(6))
             except BackendError as e:
                 failed.append(f"ipv{fam}: {e}")
+            if len(started) == 1:
+                feed6.abort()               # IPv4 failed first: IPv6 got no input
             for fam, feed in started:
                 try:
                     feed.finish()
@@ -792,8 +803,8 @@ class IptablesBackend(Backend):
                     if not any(f.startswith(f"ipv{fam}:") for f in failed):
                         failed.append(f"ipv{fam}: {e}")
         except BaseException as e:          # interrupted: stop, put back, re-raise
-            for _, feed in started:
-                feed.abort()
+            feed4.abort()
+            feed6.abort()
             problems = self._rollback(live, fresh.changeset(), [f for f, _ in started])
             if problems:
                 raise RollbackIncomplete(f"{self.name}: interrupted and rolled back; "

@@ -22,8 +22,9 @@ import fcntl
 import os
 import re
 import shutil
+import select
 import subprocess
-import threading
+import tempfile
 from dataclasses import dataclass
 from typing import IO
 
@@ -113,11 +114,17 @@ class Runner:
         """Start ``argv`` in our namespace with an input pipe that ``Feed.write`` fills;
         ``Feed.finish`` ends the input and waits, ``Feed.abort`` kills the command before it
         sees the end of its input. The command's output goes to memory files, not pipes, so
-        it never blocks on output nobody reads while vnetfw blocks writing its input; and
-        the whole run, writes included, is bounded by the runner's timeout."""
+        it never blocks on output nobody reads while vnetfw blocks writing its input.
+        Raises ``FeedUnavailable`` when the command cannot be started this way (then the
+        caller can run it the ordinary way), ``BackendError`` when it does not exist."""
+        if FEED_PATH in argv and not os.path.isdir("/dev/fd"):
+            raise FeedUnavailable(f"{argv[0]}: no /dev/fd to hand it a pipe as a file")
         fd = None
         out = err = None
-        r, w = os.pipe()
+        try:
+            r, w = os.pipe()
+        except OSError as e:
+            raise FeedUnavailable(f"{argv[0]}: no pipe: {e}") from None
         try:
             # A pipe holds 64 KiB: vnetfw would stop at every 64 KiB until the command
             # catches up. A larger one lets both run on (best effort: the limit is
@@ -128,18 +135,22 @@ class Runner:
         try:
             try:
                 out, err = _memfile("stdout"), _memfile("stderr")
+                fd, kwargs = self._netns_kwargs()
             except OSError as e:
-                raise BackendError(f"{argv[0]}: cannot hold its output: {e}") from None
-            fd, kwargs = self._netns_kwargs()
+                raise FeedUnavailable(f"{argv[0]}: cannot be started: {e}") from None
             kwargs["pass_fds"] = kwargs.get("pass_fds", ()) + (r,)
             args = [f"/dev/fd/{r}" if a == FEED_PATH else a for a in argv]
             try:
+                # Its own process group: a wrapper script's children go with it on abort,
+                # and a Ctrl-C in vnetfw's terminal reaches vnetfw, which aborts it, rather
+                # than the command half-way through a commit.
                 proc = subprocess.Popen(args, stdin=r if FEED_PATH not in argv else
-                                        subprocess.DEVNULL, stdout=out, stderr=err, **kwargs)
+                                        subprocess.DEVNULL, stdout=out, stderr=err,
+                                        start_new_session=True, **kwargs)
             except FileNotFoundError:
                 raise BackendError(f"{argv[0]}: command not found") from None
             except OSError as e:
-                raise BackendError(f"{argv[0]}: cannot start: {e}") from None
+                raise FeedUnavailable(f"{argv[0]}: cannot be started: {e}") from None
         except BaseException:
             os.close(w)
             for f in (out, err):
@@ -150,20 +161,32 @@ class Runner:
             os.close(r)
             if fd is not None:
                 os.close(fd)
+        os.set_blocking(w, False)       # writes wait in poll(), with a time limit
         return Feed(argv, proc, w, out, err, self.timeout)
 
 
+class FeedUnavailable(BackendError):
+    """``Runner.feed`` could not start the command with a pipe for its input here (no pipe,
+    no /dev/fd, no memory file, a fork refused): nothing about the firewall; the caller
+    may run it the ordinary way."""
+
+
 def _memfile(name: str) -> IO[bytes]:
-    """An anonymous file in memory (no temporary directory needed)."""
-    return os.fdopen(os.memfd_create(f"vnetfw-{name}", os.MFD_CLOEXEC), "w+b")
+    """An anonymous file in memory (no temporary directory needed); a temporary file where
+    this Python has no memfd_create."""
+    if hasattr(os, "memfd_create"):
+        return os.fdopen(os.memfd_create(f"vnetfw-{name}", os.MFD_CLOEXEC), "w+b")
+    return tempfile.TemporaryFile()
 
 
 class Feed:
     """A running command reading what vnetfw writes (``Runner.feed``).
 
     Writes go straight to the pipe, unbuffered, so a failure is seen where it happens and
-    never left in a buffer. A watchdog kills the command when ``timeout`` runs out, which
-    also ends a write blocked on a command that stopped reading (one waiting for a lock)."""
+    never left in a buffer. Time limits: a write that the command does not take within
+    ``timeout`` (it stopped reading: waiting for a lock), and the command's run after its
+    input ended; vnetfw's own time between writes (reading files, planning) is not
+    counted. When one runs out, the command is killed."""
 
     def __init__(self, argv: list[str], proc: subprocess.Popen, pipe: int,
                  out: IO[bytes], err: IO[bytes], timeout: float) -> None:
@@ -174,22 +197,35 @@ class Feed:
         self._err = err
         self._timeout = timeout
         self._error: BackendError | None = None
-        self._expired = False
-        self._watchdog = threading.Timer(timeout, self._expire)
-        self._watchdog.daemon = True
-        self._watchdog.start()
 
     def write(self, text: str) -> None:
-        """Hand ``text`` to the command (blocks while its pipe is full). If the command
-        stopped reading (it failed, or ran out of time), raise why."""
+        """Hand ``text`` to the command (waits while its pipe is full). If the command
+        stopped reading (it failed, or did not read for ``timeout``), raise why."""
         assert self._pipe is not None, "feed already ended"
         data = memoryview(text.encode())
+        poller = None
         try:
             while data:
-                data = data[os.write(self._pipe, data):]
+                try:
+                    data = data[os.write(self._pipe, data):]
+                except BlockingIOError:
+                    if poller is None:
+                        poller = select.poll()
+                        poller.register(self._pipe, select.POLLOUT)
+                    if not poller.poll(self._timeout * 1000):
+                        self._kill()
+                        self._error = BackendError(
+                            f"{self.argv[0]} did not read its input for "
+                            f"{self._timeout:g}s and was killed")
+                        raise self._error from None
         except OSError:                 # EPIPE: the command is gone
             self._close_pipe()
             raise self._failure(self._wait() or 1) from None
+        except BackendError:
+            self._close_pipe()
+            self._wait()
+            self._close_files()
+            raise
 
     def end(self) -> None:
         """End the input: the command now acts on it (``finish`` waits for it)."""
@@ -211,18 +247,17 @@ class Feed:
         """Kill the command before it reads the end of its input, so it acts on nothing
         (each caller makes sure a cut-off input means nothing to its command). Never
         raises."""
-        try:
-            self._proc.kill()
-        except OSError:
-            pass
+        self._kill()
         self._close_pipe()
         self._proc.wait()
         self._close_files()
 
-    def _expire(self) -> None:
-        self._expired = True
+    def _kill(self) -> None:
+        """SIGKILL to the command's process group (a wrapper script and its children)."""
+        if self._proc.returncode is not None:
+            return
         try:
-            self._proc.kill()
+            os.killpg(self._proc.pid, 9)
         except OSError:
             pass
 
@@ -232,24 +267,22 @@ class Feed:
             os.close(pipe)
 
     def _wait(self) -> int:
-        # The watchdog bounds the wait: it kills the command when the time is up.
-        rc = self._proc.wait()
-        self._watchdog.cancel()
-        return rc
+        try:
+            return self._proc.wait(timeout=self._timeout)
+        except subprocess.TimeoutExpired:
+            self._kill()
+            self._error = BackendError(f"{self.argv[0]} did not finish within "
+                                       f"{self._timeout:g}s and was killed")
+            return self._proc.wait()
 
     def _failure(self, rc: int) -> BackendError:
         if self._error is None:         # read its stderr once, however often it is asked
-            if self._expired:
-                self._error = BackendError(f"{self.argv[0]} did not finish within "
-                                           f"{self._timeout:.0f}s and was killed")
-            else:
-                self._err.seek(0)
-                self._error = CommandFailed(self.argv, rc,
-                                            self._err.read().decode("utf-8", "replace"))
-            self._close_files()
+            self._err.seek(0)
+            self._error = CommandFailed(self.argv, rc,
+                                        self._err.read().decode("utf-8", "replace"))
+        self._close_files()
         return self._error
 
     def _close_files(self) -> None:
-        self._watchdog.cancel()
         self._out.close()
         self._err.close()
