@@ -324,7 +324,7 @@ def test_fresh_pieces_come_network_by_network_in_the_order_given():
     assert len(pieces) == len(nets) + 2                 # head, one per network, tail
     for (name, _), (text, items) in zip(nets, pieces[1:-1]):
         assert text.startswith(f"\t# network {name}\n")
-        assert {c.network for c in items} == {name}
+        assert {c.network for c in items()} == {name}
 
 
 def test_fresh_refuses_two_networks_dispatched_by_one_key():

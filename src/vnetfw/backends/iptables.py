@@ -796,6 +796,7 @@ class IptablesBackend(Backend):
                 failed.append(f"ipv{fam}: {e}")
             if len(started) == 1:
                 feed6.abort()               # IPv4 failed first: IPv6 got no input
+            cs = fresh.changeset()          # the report, made while the restores commit
             for fam, feed in started:
                 try:
                     feed.finish()
@@ -810,7 +811,6 @@ class IptablesBackend(Backend):
                 raise RollbackIncomplete(f"{self.name}: interrupted and rolled back; "
                                          "ROLLBACK INCOMPLETE: " + "; ".join(problems)) from e
             raise
-        cs = fresh.changeset()
         if failed:
             problems = self._rollback(live, cs, [f for f, _ in started])
             msg = f"{self.name}: change failed and was rolled back: {'; '.join(failed)}"

@@ -40,10 +40,11 @@ single transaction: ``delete table`` + the whole desired table).
 from __future__ import annotations
 
 import difflib
+import functools
 import ipaddress
 import json
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from ..errors import BackendError
 from ..ruleset import CHECKSUM, Family, Rule, Ruleset
@@ -464,7 +465,7 @@ class NftablesBackend(Backend):
         want = self.effective(desired) if desired is not None else Ruleset(prefix)
         if t is None:
             pieces = list(self.fresh(prefix, _by_network(want) if scope == "full" else ()))
-            return ChangeSet([c for _, its in pieces for c in its],
+            return ChangeSet([c for _, items in pieces for c in items()],
                              "".join(text for text, _ in pieces))
         items = _Items()
         script = _Script(tname)
@@ -627,11 +628,12 @@ class NftablesBackend(Backend):
                                  chains[cname][2]))
 
     def fresh(self, prefix: str, networks: Iterable[tuple[str, Sequence[Rule]]]
-              ) -> Iterator[tuple[str, list[Change]]]:
+              ) -> Iterator[tuple[str, Callable[[], list[Change]]]]:
         """The script that creates the prefix's table holding ``networks``, in pieces, each
-        with its report items: the table's head, one piece per network (in the order
-        given), then the maps and the base chains. Pure; ``changes`` against a table that
-        does not exist is these pieces joined, ``load_fresh`` writes them as they come.
+        with a function making its report items: the table's head, one piece per network
+        (in the order given), then the maps and the base chains. Pure; ``changes`` against
+        a table that does not exist is these pieces joined, ``load_fresh`` writes them as
+        they come and makes the report while nft evaluates what it read.
 
         The script is a single ``table inet T { ... }`` block rather than ``add`` commands,
         so input cut off anywhere (vnetfw killed while nft reads it) is a syntax error and
@@ -644,8 +646,9 @@ class NftablesBackend(Backend):
         items = _Items()
         items.add(Change(None, "create", NFT_FAMILY, f"table {tname}"))
         self._sync_layout(LiveTable(tname), _Script(tname), items)   # for its items only
+        layout = items.sorted()
         yield (f"table {NFT_FAMILY} {tname} {{\n\tcomment {TABLE_COMMENT}\n"
-               + "".join(f"\tchain {name} {{\n\t}}\n" for name in ADMIN_CHAINS)), items.sorted()
+               + "".join(f"\tchain {name} {{\n\t}}\n" for name in ADMIN_CHAINS)), lambda: layout
         where = f"{NFT_FAMILY} {tname}"
         elems: dict[str, dict[Key, str]] = {m.name: {} for m in MAPS}
         for net, rules in networks:
@@ -657,8 +660,8 @@ class NftablesBackend(Backend):
                     groups[k] = g = []
                 g.append(r)
             out = [f"\t# network {net}\n"]
-            its: list[Change] = []
-            mine: dict[str, list[Key]] = {}
+            built: list[tuple[Family, str, list[Rule]]] = []
+            mine: dict[str, list[tuple[Key, str]]] = {}
             for k in [k for k in groups if k not in _FRESH_ORDER]:
                 if any(not (r.verdict == CHECKSUM and r.optional) for r in groups[k]):
                     raise BackendError(f"nftables: no {k[1]} {k[2]} stage for rule "
@@ -670,9 +673,7 @@ class NftablesBackend(Backend):
                 out.append(f"\tchain {cname} {{\n")
                 out += [f"\t\t{render_rule(r)}\n" for r in crules]
                 out.append("\t}\n")
-                its.append(Change(fam, "create", where, f"chain {cname}", net))
-                cwhere = f"{where} {cname}"
-                its += [Change(fam, "add", cwhere, "", net, r) for r in crules]
+                built.append((fam, cname, crules))
                 mname = stage.map_name(fam)
                 have = elems[mname]
                 keys = mine.setdefault(mname, [])
@@ -680,15 +681,10 @@ class NftablesBackend(Backend):
                     if (had := have.setdefault(key := _desired_key(stage, r), cname)) != cname:
                         raise BackendError(f"nftables: {_key_text(mname, key)} would "
                                            f"dispatch to both {had} and {cname}")
-                    if not keys or keys[-1] != key and key not in keys:
-                        keys.append(key)
-            for m in MAPS:
-                for key in mine.get(m.name, ()):
-                    its.append(Change(_fam_of(m.name, key), "add", f"{where} map {m.name}",
-                                      f"element {_key_text(m.name, key)} : jump "
-                                      f"{elems[m.name][key]}", net))
-            if its:
-                yield "".join(out), its
+                    if not keys or keys[-1][0] != key and (key, cname) not in keys:
+                        keys.append((key, cname))
+            if built:
+                yield "".join(out), functools.partial(_fresh_items, where, net, built, mine)
         out = []
         for m in MAPS:
             out.append(f"\tmap {m.name} {{\n\t\t{m.decl}\n")
@@ -699,7 +695,7 @@ class NftablesBackend(Backend):
         for b in BASE_CHAINS:
             out.append(f"\tchain {b.name} {{\n\t\t{b.decl}\n"
                        + "".join(f"\t\t{text}\n" for text, _ in b.rules) + "\t}\n")
-        yield "".join(out) + "}\n", []
+        yield "".join(out) + "}\n", list
 
     # -- rendering (pure) ----------------------------------------------------------------
     def render(self, desired: Ruleset, family: Family | None = None) -> str:
@@ -729,13 +725,15 @@ class NftablesBackend(Backend):
         committed when the closing brace and end of input arrive; killed before that if
         producing a piece fails."""
         feed = self.runner.feed([self.nft, "-f", FEED_PATH])
-        items: list[Change] = []
+        report: list[Callable[[], list[Change]]] = []
         text: list[str] = []
         try:
-            for piece, its in self.fresh(prefix, networks):
+            for piece, items in self.fresh(prefix, networks):
                 feed.write(piece)
                 text.append(piece)
-                items += its
+                report.append(items)
+            feed.end()              # nft evaluates and commits; meanwhile, the report
+            changes = [c for items in report for c in items()]
             feed.finish()
         except CommandFailed as e:
             feed.abort()
@@ -743,7 +741,7 @@ class NftablesBackend(Backend):
         except BaseException:
             feed.abort()
             raise
-        return ChangeSet(items, "".join(text))
+        return ChangeSet(changes, "".join(text))
 
     def _refused(self, e: CommandFailed) -> BackendError:
         detail = "; ".join(line.strip() for line in e.stderr.splitlines()
@@ -758,6 +756,22 @@ class NftablesBackend(Backend):
 
 # ---------------------------------------------------------------------------------------
 # helpers
+
+
+def _fresh_items(where: str, net: str, built: list[tuple[Family, str, list[Rule]]],
+                 keys: dict[str, list[tuple[Key, str]]]) -> list[Change]:
+    """The report of one network's piece of a fresh table: its chains and rules, then its
+    map elements, map by map (what ``_sync_networks`` reports against an empty table)."""
+    out: list[Change] = []
+    for fam, cname, rules in built:
+        out.append(Change(fam, "create", where, f"chain {cname}", net))
+        cwhere = f"{where} {cname}"
+        out += [Change(fam, "add", cwhere, "", net, r) for r in rules]
+    for m in MAPS:
+        for key, cname in keys.get(m.name, ()):
+            out.append(Change(_fam_of(m.name, key), "add", f"{where} map {m.name}",
+                              f"element {_key_text(m.name, key)} : jump {cname}", net))
+    return out
 
 
 # The per-network chains of a fresh table, in the order it declares them (family, stage),
