@@ -160,5 +160,15 @@ class Ruleset:
     def networks(self) -> list[str]:
         return sorted({r.network for r in self.rules})
 
+    def by_network(self) -> list[tuple[str, list[Rule]]]:
+        """Each network's rules, networks by name, rules in ruleset order: the shape
+        ``plan_networks`` yields and ``Backend.load_fresh`` takes."""
+        nets: dict[str, list[Rule]] = {}
+        for r in self.rules:
+            if (g := nets.get(r.network)) is None:
+                nets[r.network] = g = []
+            g.append(r)
+        return sorted(nets.items())
+
     def of_network(self, name: str) -> Iterator[Rule]:
         return (r for r in self.rules if r.network == name)

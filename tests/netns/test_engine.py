@@ -665,7 +665,7 @@ def test_iptables_fresh_load_equals_the_diffed_change(netns, flavour, tmp_path):
     assert b.vacant(live, "VNETFW")
     expected = b.changes(live, rs, "full")
     g0 = b.generation()
-    cs = b.load_fresh(live, "VNETFW", [(n, list(r)) for n, r in by_network(rs)])
+    cs = b.load_fresh(live, "VNETFW", rs.by_network())
     assert sorted(map(str, cs.items)) == sorted(map(str, expected.items))
     assert b.generation_after(cs, g0) is not None
     after = b.read()
@@ -685,7 +685,7 @@ def test_iptables_fresh_load_failing_anywhere_changes_nothing(netns, flavour, wh
     before = save(netns, flavour)
     b = IptablesBackend(eng_runner(netns), flavour=flavour)
     rs = plan(NETS, PROFILES["default"])
-    nets = [(n, list(r)) for n, r in by_network(rs)]
+    nets = rs.by_network()
     real_tail, real_script = ipt._Fresh.tail, ipt._Fresh.script
     if where == "ipv4-nat":
         monkeypatch.setattr(ipt._Fresh, "tail", lambda self, fam: real_tail(self, fam).replace(
@@ -719,10 +719,6 @@ def eng_runner(ns: str):
     from vnetfw.backends.runner import Runner
     return Runner(netns=ns)
 
-
-def by_network(rs):
-    from vnetfw.backends.nftables import _by_network
-    return _by_network(rs)
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)

@@ -238,10 +238,6 @@ def test_failing_transaction_changes_nothing(netns, b, start):
 # A vacant firewall: the table is written into nft while the networks are still planned
 
 
-def by_network(rs: Ruleset):
-    from vnetfw.backends.nftables import _by_network
-    return _by_network(rs)
-
 
 def test_load_fresh_is_one_transaction_of_the_whole_plan(netns, b):
     admin_firewall(netns)
@@ -249,7 +245,7 @@ def test_load_fresh_is_one_transaction_of_the_whole_plan(netns, b):
     live = b.read()
     assert b.vacant(live, rs.prefix)
     g0 = b.generation()
-    cs = b.load_fresh(live, rs.prefix, iter(by_network(rs)))
+    cs = b.load_fresh(live, rs.prefix, iter(rs.by_network()))
     assert b.generation_after(cs, g0) is not None      # exactly one transaction, ours
     assert cs.items == b.changes(live, rs, "full").items
     assert_in_sync(b, rs)
@@ -262,7 +258,7 @@ def test_load_fresh_that_fails_while_planning_loads_nothing(netns, b):
     admin_firewall(netns)
     before = ruleset(netns)
     rs = plan(MIXED, PROFILES["default"])
-    nets = by_network(rs)
+    nets = rs.by_network()
 
     def planned():
         yield from nets[:3]
@@ -279,7 +275,7 @@ def test_a_cut_off_fresh_table_is_refused_whole(netns, b):
     admin_firewall(netns)
     before = ruleset(netns)
     rs = plan(MIXED, PROFILES["default"])
-    pieces = [text for text, _ in b.fresh(rs.prefix, by_network(rs))]
+    pieces = [text for text, _ in b.fresh(rs.prefix, rs.by_network())]
     for cut in (1, len(pieces) // 2, len(pieces) - 1):
         feed = b.runner.feed(["nft", "-f", FEED_PATH])
         for text in pieces[:cut]:
@@ -295,7 +291,7 @@ def test_load_fresh_refused_by_the_kernel_changes_nothing(netns, b):
     admin_firewall(netns)
     before = ruleset(netns)
     rs = plan(MIXED, PROFILES["default"])
-    nets = by_network(rs)
+    nets = rs.by_network()
     name, rules = nets[1]
     bad = [r._replace(verdict="MASQUERADE") if r.chain == "FWO" else r for r in rules]
     with pytest.raises(BackendError, match="nothing was changed"):

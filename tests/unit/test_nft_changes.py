@@ -318,8 +318,7 @@ def test_fresh_table_is_one_block_so_a_cut_off_input_cannot_parse():
 
 def test_fresh_pieces_come_network_by_network_in_the_order_given():
     rs = desired()
-    from vnetfw.backends.nftables import _by_network
-    nets = _by_network(rs)[::-1]
+    nets = rs.by_network()[::-1]
     pieces = list(b.fresh(rs.prefix, nets))
     assert len(pieces) == len(nets) + 2                 # head, one per network, tail
     for (name, _), (text, items) in zip(nets, pieces[1:-1]):
@@ -329,8 +328,7 @@ def test_fresh_pieces_come_network_by_network_in_the_order_given():
 
 def test_fresh_refuses_two_networks_dispatched_by_one_key():
     rs = desired()
-    from vnetfw.backends.nftables import _by_network
-    (n1, r1), (n2, r2) = _by_network(rs)[:2]
+    (n1, r1), (n2, r2) = rs.by_network()[:2]
     clash = [r._replace(network=n2) for r in r1]     # n1's bridge under n2's name
     from vnetfw.errors import BackendError
     with pytest.raises(BackendError, match="would dispatch to both"):

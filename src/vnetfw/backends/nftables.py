@@ -464,7 +464,7 @@ class NftablesBackend(Backend):
             return ChangeSet(items, f"delete table {where}\n")
         want = self.effective(desired) if desired is not None else Ruleset(prefix)
         if t is None:
-            pieces = list(self.fresh(prefix, _by_network(want) if scope == "full" else ()))
+            pieces = list(self.fresh(prefix, want.by_network() if scope == "full" else ()))
             return ChangeSet([c for _, items in pieces for c in items()],
                              "".join(text for text, _ in pieces))
         items = _Items()
@@ -777,16 +777,6 @@ def _fresh_items(where: str, net: str, built: list[tuple[Family, str, list[Rule]
 # The per-network chains of a fresh table, in the order it declares them (family, stage),
 # keyed by the rules' (family, table, chain).
 _FRESH_ORDER = {(fam, st.table, st.suffix): (fam, st) for fam in (4, 6) for st in STAGES}
-
-
-def _by_network(rs: Ruleset) -> list[tuple[str, list[Rule]]]:
-    """A ruleset's rules grouped by network, networks by name, rules in ruleset order."""
-    nets: dict[str, list[Rule]] = {}
-    for r in rs.rules:
-        if (g := nets.get(r.network)) is None:
-            nets[r.network] = g = []
-        g.append(r)
-    return sorted(nets.items())
 
 
 def _base_ok(t: LiveTable, base: str) -> bool:
