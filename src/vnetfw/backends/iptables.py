@@ -354,6 +354,18 @@ def _jump_edits(live_rules: list[str], builtin: str, targets: list[str],
     return lines
 
 
+def _table_jumps(dump: "TableDump", prefix: str, fam: Family, table: str,
+                 items: list[Change]) -> list[str]:
+    """``_jump_edits`` for every builtin chain of ``table`` that links our chains."""
+    specs = chains_of(table)
+    lines: list[str] = []
+    for builtin in dict.fromkeys(c.builtin for c in specs):
+        lines += _jump_edits(dump.chains.get(builtin, []), builtin,
+                             [f"{prefix}_{c.suffix}" for c in specs if c.builtin == builtin],
+                             fam, table, items)
+    return lines
+
+
 def forward_jumps_in_order(forward_rules: list[str], prefix: str) -> bool:
     """Would setup leave FORWARD as it is? (Our three jumps once each, in stage order,
     also across another layout's staged jumps.) For vnetfw doctor."""
@@ -455,14 +467,9 @@ class _Fresh:
         self.jumps: dict[tuple[Family, str], tuple[list[str], list[Change]]] = {}
         for fam in (4, 6):
             for table in TABLES:
-                dump = live.tables[fam].get(table, TableDump())
-                specs = chains_of(table)
-                lines: list[str] = []
                 items: list[Change] = []
-                for builtin in dict.fromkeys(c.builtin for c in specs):
-                    lines += _jump_edits(dump.chains.get(builtin, []), builtin,
-                                         [f"{prefix}_{c.suffix}" for c in specs
-                                          if c.builtin == builtin], fam, table, items)
+                lines = _table_jumps(live.tables[fam].get(table, TableDump()), prefix, fam,
+                                     table, items)
                 self.jumps[fam, table] = (lines, items)
 
     def head(self) -> str:
@@ -681,10 +688,7 @@ class IptablesBackend(Backend):
                 ed.lines += _rule_edits(dump.chains.get(name, []),
                                         want.get((fam, table, spec.suffix), []), name, fam,
                                         table, spec.suffix, items)
-        for builtin in dict.fromkeys(s.builtin for s in specs):
-            targets = [f"{prefix}_{s.suffix}" for s in specs if s.builtin == builtin]
-            ed.lines += _jump_edits(dump.chains.get(builtin, []), builtin, targets, fam, table,
-                                    items)
+        ed.lines += _table_jumps(dump, prefix, fam, table, items)
         return ed
 
     def _teardown_table(self, dump: TableDump, prefix: str, fam: Family, table: str,
