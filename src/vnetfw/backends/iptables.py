@@ -435,8 +435,8 @@ def _rule_edits(live: list[str], want: list[Rule], chain: str, fam: Family, tabl
         for k in range(i1, i2):
             lines.append(f"-D {chain} {pos + 1}")
             old = parse_rule(live[k], fam, table, suffix)
-            items.append(Change(fam, "delete", where, "rule " + old.describe(),
-                                getattr(old, "network", None) or None))
+            items.append(Change(fam, "delete", where, "", getattr(old, "network", None) or None,
+                                old))
         for k in range(j1, j2):
             # At the end, append: iptables-nft then need not fetch the chain's rules.
             op = f"-A {chain}" if i2 == len(live) else f"-I {chain} {pos + 1}"
