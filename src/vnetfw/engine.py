@@ -166,8 +166,9 @@ class Engine:
         """True when the live firewall provably still is exactly what vnetfw last committed
         for ``networks``: same backend, prefix, profile and networks, and the generation has
         not moved since (no change at all, by anyone). No readback needed."""
+        # (Cheap tests first: the generation is read only when they pass.)
         return (self._last_commit_was(state, backend, profile) and networks == state.networks
-                and self._proven(state, backend, profile, self._generation(backend)))
+                and self._generation(backend) == state.generation)
 
     def _proven(self, state: State, backend: Backend, profile: Profile,
                 generation: Generation | None) -> bool:
@@ -329,7 +330,8 @@ class Engine:
             report.warnings.append(f"previous backend {state.backend} is not usable here; "
                                    "its rules were not removed")
             return False
-        self._sync(old, None, "teardown", dry_run, report, prefix=old_prefix)
+        # g0=None: what a teardown leaves is not recorded, so its generation is not read.
+        self._sync(old, None, "teardown", dry_run, report, prefix=old_prefix, g0=None)
         return True
 
     def _save(self, state: State, backend: Backend, profile: Profile,
@@ -536,7 +538,8 @@ class Engine:
             b = self.backend_for(state)
             prof = self.profile_for(state)
             rep = Report("teardown", b.name, networks=sorted(state.networks))
-            self._sync(b, None, "teardown", dry_run, rep, prefix=state.prefix or prof.prefix)
+            self._sync(b, None, "teardown", dry_run, rep, prefix=state.prefix or prof.prefix,
+                       g0=None)                 # not recorded: no generation to read
             if not dry_run:
                 before = dict(state.networks)
                 gone = list(before.values())

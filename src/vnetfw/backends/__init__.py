@@ -158,6 +158,8 @@ class Backend:
         exactly what was committed, or None if that cannot be told. ``before`` is the
         generation read before the state the change was computed from. nf_tables: the
         generation must have moved by exactly our transactions (nobody else committed)."""
+        if before is None:
+            return None                 # nothing to count from: not worth a read
         after = self.generation()
         n = self.transactions(changes)
         if before is None or after is None or n is None or after[1:] != before[1:] \
