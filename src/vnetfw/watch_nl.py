@@ -16,7 +16,7 @@ This is what ``nft monitor`` prints, taken from the kernel directly:
   monitor`` would add a process and a pipe between the kernel and us, with a delay we could
   not bound, and is missing on iptables-nft hosts without the nftables package.
 - The socket belongs to the namespace it was created in. We create it in a short-lived
-  thread that setns(2)-es into ``/run/netns/NAME`` (the file ``Runner`` enters too): setns
+  thread (``nfgen.in_netns``) that setns(2)-es into ``/run/netns/NAME``: setns
   with CLONE_NEWNET changes the calling thread only, so the watch process itself never
   leaves its namespace and there is nothing to switch back.
 - ``nft -c`` (check-only) batches are aborted by the kernel and notify nothing.
@@ -24,15 +24,13 @@ This is what ``nft monitor`` prints, taken from the kernel directly:
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import os
 import socket
 import struct
-import threading
 from dataclasses import dataclass
 
+from .backends.nfgen import in_netns
 from .backends.runner import NETNS_DIR, netns_problem
 from .errors import BackendError
 
@@ -41,7 +39,6 @@ NFNLGRP_NFTABLES = 7
 NFNL_SUBSYS_NFTABLES = 10
 SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
-CLONE_NEWNET = 0x40000000
 NLMSG_ERROR, NLMSG_DONE, NLMSG_OVERRUN = 2, 3, 4
 
 # enum nf_tables_msg_types (linux/netfilter/nf_tables.h)
@@ -113,23 +110,6 @@ def parse_messages(data: bytes) -> list[NftEvent]:
     return events
 
 
-_libc = None
-
-
-def _setns_thread(netns: str, result: list) -> None:
-    try:
-        fd = os.open(os.path.join(NETNS_DIR, netns), os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            if _libc.setns(fd, CLONE_NEWNET) != 0:
-                e = ctypes.get_errno()
-                raise OSError(e, f"setns into {netns}: {os.strerror(e)}")
-        finally:
-            os.close(fd)
-        result.append(_open_socket())
-    except BaseException as e:              # handed to the creating thread
-        result.append(e)
-
-
 def _open_socket() -> socket.socket:
     s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC
                       | socket.SOCK_NONBLOCK, NETLINK_NETFILTER)
@@ -152,27 +132,15 @@ class NftEvents:
     """Subscription to nf_tables notifications in one network namespace."""
 
     def __init__(self, netns: str | None = None) -> None:
-        global _libc
         self.netns = netns
         self.overflow = False
         self._buf = bytearray(1 << 20)
         try:
-            if netns is None:
-                self.sock = _open_socket()
-            else:
-                if (p := netns_problem(netns)) is not None:
-                    raise BackendError(p)
-                if _libc is None:
-                    _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6",
-                                        use_errno=True)
-                result: list = []
-                t = threading.Thread(target=_setns_thread, args=(netns, result),
-                                     name="vnetfw-netns", daemon=True)
-                t.start()
-                t.join()
-                if not result or isinstance(result[0], BaseException):
-                    raise result[0] if result else OSError("netns thread failed")
-                self.sock = result[0]
+            if netns is not None and (p := netns_problem(netns)) is not None:
+                raise BackendError(p)
+            # The socket belongs to the namespace it is created in.
+            self.sock = in_netns(None if netns is None else os.path.join(NETNS_DIR, netns),
+                                 _open_socket)
         except OSError as e:
             raise BackendError(f"cannot subscribe to nftables events: {e.strerror or e}") from None
 

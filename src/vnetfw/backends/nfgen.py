@@ -20,9 +20,10 @@ import struct
 import threading
 from typing import Callable, NamedTuple, TypeVar
 
+from .runner import CLONE_NEWNET, LIBC
+
 T = TypeVar("T")
 
-CLONE_NEWNET = 0x40000000
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_GETGEN = 16
@@ -93,12 +94,11 @@ def in_netns(netns_path: str | None, fn: Callable[[], T]) -> T:
     if netns_path is None:
         return fn()
     out: dict = {}
-    libc = ctypes.CDLL(None, use_errno=True)       # the C library the interpreter links
 
     def worker() -> None:
         fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            if libc.setns(fd, CLONE_NEWNET) != 0:
+            if LIBC.setns(fd, CLONE_NEWNET) != 0:
                 raise OSError(ctypes.get_errno(), "setns")
             out["v"] = fn()
         except BaseException as e:  # noqa: BLE001 - handed to the caller

@@ -57,12 +57,14 @@ def netns_problem(name: str) -> str | None:
     return None
 
 
-_libc = None
+# The C library the interpreter links (setns, getsockopt with an input buffer): vnetfw's
+# one handle on it (nfgen, xtfp and watch_nl use this one).
+LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 def _setns_preexec(fd: int):
     def enter() -> None:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:     # runs in the child only
+        if LIBC.setns(fd, CLONE_NEWNET) != 0:      # runs in the child only
             os._exit(125)
     return enter
 
@@ -73,12 +75,8 @@ class Runner:
     timeout: float = 120.0
 
     def __post_init__(self) -> None:
-        global _libc
-        if self.netns is not None:
-            if (p := netns_problem(self.netns)) is not None:
-                raise BackendError(p)
-            if _libc is None:
-                _libc = ctypes.CDLL(None, use_errno=True)      # the C library the interpreter links
+        if self.netns is not None and (p := netns_problem(self.netns)) is not None:
+            raise BackendError(p)
 
     def which(self, prog: str) -> str | None:
         return shutil.which(prog)

@@ -36,6 +36,7 @@ import socket
 import struct
 
 from .nfgen import Generation, _boot_id, in_netns, netns_cookie
+from .runner import LIBC
 
 SO_GET_INFO, SO_GET_ENTRIES = 64, 65            # IPT_ and IP6T_ alike
 TABLES = ("filter", "nat", "mangle")
@@ -46,13 +47,12 @@ _FAMILY = {4: (socket.AF_INET, socket.IPPROTO_IP, "ip_tables_names", (90, 96)),
 _INFO = struct.Struct("=32sI5I5III")             # struct ipt_getinfo: 84 bytes
 _ENTRIES_HEAD = 40                               # struct ipt_get_entries: name, size, pad
 
-_libc = ctypes.CDLL(None, use_errno=True)       # the C library the interpreter links
 
 
 def _getsockopt(fd: int, level: int, opt: int, buf: ctypes.Array) -> None:
     """getsockopt(2) with an input buffer (Python's socket.getsockopt cannot pass one)."""
     n = ctypes.c_uint(len(buf))
-    if _libc.getsockopt(fd, level, opt, buf, ctypes.byref(n)) != 0:
+    if LIBC.getsockopt(fd, level, opt, buf, ctypes.byref(n)) != 0:
         e = ctypes.get_errno()
         raise OSError(e, f"getsockopt {opt}: {errno.errorcode.get(e, e)}")
 
