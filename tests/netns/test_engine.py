@@ -755,3 +755,18 @@ def test_a_tool_that_cannot_be_fed_here_is_run_the_ordinary_way(netns, flavour, 
     rep = eng.apply(NETS)
     assert rep.changed and rep.warnings == []
     assert eng.check() == [] and eng.store.load().generation is not None
+
+
+def test_a_legacy_fingerprint_loads_no_table(netns):
+    """Asking x_tables for a table that is not loaded loads it (iptable_nat...): the
+    fingerprint reads only tables already listed, so reading creates nothing."""
+    from vnetfw.backends.xtfp import fingerprint
+
+    def loaded() -> tuple[str, str]:
+        return (nsrun(netns, "cat", "/proc/net/ip_tables_names"),
+                nsrun(netns, "cat", "/proc/net/ip6_tables_names"))
+    nsrun(netns, "iptables-legacy", "-t", "filter", "-S")      # filter only, IPv4 only
+    before = loaded()
+    assert "filter" in before[0] and "nat" not in before[0] and "mangle" not in before[0]
+    assert fingerprint(f"/run/netns/{netns}") == fingerprint(f"/run/netns/{netns}")
+    assert loaded() == before
