@@ -770,3 +770,19 @@ def test_a_legacy_fingerprint_loads_no_table(netns):
     assert "filter" in before[0] and "nat" not in before[0] and "mangle" not in before[0]
     assert fingerprint(f"/run/netns/{netns}") == fingerprint(f"/run/netns/{netns}")
     assert loaded() == before
+
+
+def test_the_system_iptables_is_asked_its_flavour_once_per_command(netns, tmp_path,
+                                                                    monkeypatch):
+    """Backend ``iptables``: the prefetch and the engine each build a backend, and each
+    needs ``iptables --version``; the runner they share asks once."""
+    from vnetfw.backends.runner import Runner
+    asked = []
+    real_run = Runner.run
+    monkeypatch.setattr(Runner, "run", lambda self, argv, *a, **kw: (
+        asked.append(1) if argv == ["iptables", "--version"] else None)
+        or real_run(self, argv, *a, **kw))
+    eng = engine(netns, "iptables", tmp_path)
+    eng.prefetch()
+    assert eng.apply(NETS).changed
+    assert asked == [1]

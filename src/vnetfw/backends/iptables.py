@@ -530,7 +530,7 @@ def flavour_of(runner: Runner, backend: str | None) -> str | None:
     if backend != "iptables":
         return None
     try:
-        out = runner.run(["iptables", "--version"])
+        out = runner.answer(["iptables", "--version"])
     except BackendError:
         return None
     if "nf_tables" in out:

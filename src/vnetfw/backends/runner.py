@@ -25,7 +25,7 @@ import shutil
 import select
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO
 
 from ..errors import BackendError
@@ -73,10 +73,19 @@ def _setns_preexec(fd: int):
 class Runner:
     netns: str | None = None
     timeout: float = 120.0
+    _answers: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.netns is not None and (p := netns_problem(self.netns)) is not None:
             raise BackendError(p)
+
+    def answer(self, argv: list[str]) -> str:
+        """``run(argv)`` for a question whose answer does not change while vnetfw runs
+        (``iptables --version``): asked once per runner, however many parts ask it."""
+        key = tuple(argv)
+        if key not in self._answers:
+            self._answers[key] = self.run(argv)
+        return self._answers[key]
 
     def which(self, prog: str) -> str | None:
         return shutil.which(prog)
