@@ -35,11 +35,11 @@ import hashlib
 import socket
 import struct
 
+from ..ruleset import TABLES                    # the tables vnetfw writes
 from .nfgen import Generation, _boot_id, in_netns, netns_cookie
 from .runner import LIBC
 
 SO_GET_INFO, SO_GET_ENTRIES = 64, 65            # IPT_ and IP6T_ alike
-TABLES = ("filter", "nat", "mangle")
 # family -> (address family, sockopt level, /proc name list, offsets of next_offset and of
 # the counters in an entry; IPv6: 4 bytes of padding align the u64 counters)
 _FAMILY = {4: (socket.AF_INET, socket.IPPROTO_IP, "ip_tables_names", (90, 96)),
