@@ -674,12 +674,14 @@ def test_iptables_fresh_load_equals_the_diffed_change(netns, flavour, tmp_path):
 
 
 @pytest.mark.parametrize("flavour", ["iptables-nft"])
-@pytest.mark.parametrize("where", ["planning", "ipv4-nat", "ipv6", "interrupted"])
+@pytest.mark.parametrize("where", ["planning", "ipv4-nat", "ipv4-mangle", "ipv6",
+                                   "interrupted"])
 def test_iptables_fresh_load_failing_anywhere_changes_nothing(netns, flavour, where, tmp_path,
                                                              monkeypatch):
-    """Planning fails half-way (nothing committed yet), IPv4's second table is refused after
-    its filter table was committed, or IPv6's restore fails after IPv4 committed: the
-    firewall is byte-identical afterwards."""
+    """Planning fails half-way (nothing committed yet); IPv4's nat table is refused while
+    its filter table commits in the other restore; IPv4's mangle table is refused after the
+    same restore committed the nat table; IPv6's restore fails after IPv4 committed;
+    Ctrl-C while the restores commit: the firewall is byte-identical afterwards."""
     from vnetfw.backends import iptables as ipt
     admin_rules(netns, flavour)
     before = save(netns, flavour)
@@ -687,10 +689,17 @@ def test_iptables_fresh_load_failing_anywhere_changes_nothing(netns, flavour, wh
     rs = plan(NETS, PROFILES["default"])
     nets = rs.by_network()
     real_tail, real_script = ipt._Fresh.tail, ipt._Fresh.script
-    if where == "ipv4-nat":
-        monkeypatch.setattr(ipt._Fresh, "tail", lambda self, fam: real_tail(self, fam).replace(
-            "*nat\n", "*nat\n-A VNETFW_PRT -j NO_SUCH_TARGET\n") if fam == 4
-            else real_tail(self, fam))
+    bad = "-A VNETFW_PRT -j NO_SUCH_TARGET\n"
+    if where in ("ipv4-nat", "ipv4-mangle"):
+        mark = "COMMIT\n" if where == "ipv4-nat" else "*mangle\n"
+
+        def tail(self, fam, group):
+            text = real_tail(self, fam, group)
+            if fam == 4 and group[0] == "nat":
+                assert mark in text
+                return text.replace(mark, bad + mark if mark == "COMMIT\n" else mark + bad, 1)
+            return text
+        monkeypatch.setattr(ipt._Fresh, "tail", tail)
     if where == "ipv6":
         monkeypatch.setattr(ipt._Fresh, "script", lambda self, fam: real_script(self, fam)
                             + "*filter\n-A VNETFW_FWX -j NO_SUCH_TARGET\nCOMMIT\n")
@@ -710,9 +719,14 @@ def test_iptables_fresh_load_failing_anywhere_changes_nothing(netns, flavour, wh
             raise RuntimeError("planning failed")
         yield from nets[2:]
     raised = {"planning": RuntimeError, "interrupted": KeyboardInterrupt}.get(where, BackendError)
-    with pytest.raises(raised):
+    with pytest.raises(raised) as e:
         b.load_fresh(b.read(), "VNETFW", planned())
     assert save(netns, flavour) == before
+    if raised is BackendError:      # the message names the restore that failed, and only it
+        culprit = "ipv6" if where == "ipv6" else "ipv4 nat+mangle"
+        assert str(e.value).startswith(f"{flavour}: change failed and was rolled back: "
+                                       f"{culprit}: "), e.value
+        assert str(e.value).count("ipv") == 1, e.value
 
 
 def eng_runner(ns: str):

@@ -413,3 +413,27 @@ def test_undo_of_appends_deletes_by_rule_spec_and_reports_a_partial_table():
     assert problems == ["ipv4 mangle: 1 of 2 appended rules found"]
     assert runner.restored == [f"*filter\n-D VNETFW_FWI {a2}\n-D VNETFW_FWO {a1}\nCOMMIT\n"
                                f"*mangle\n-D VNETFW_PRT {a3}\nCOMMIT\n"]
+
+
+def test_fresh_scripts_are_the_diffed_change_split_by_restore():
+    """A vacant firewall's streamed scripts (``_Fresh``): every table in exactly one
+    restore, the streamed pieces add up to the whole script, and each table's text is what
+    the read-diff-commit path would send for it."""
+    from vnetfw.backends.iptables import _STREAMS, _Fresh
+    from vnetfw.ruleset import TABLES
+
+    assert sorted(t for group in _STREAMS for t in group) == sorted(TABLES)
+    rs = plan(load_paths([LIBVIRT / "nat-ipv6.xml"]),
+              PROFILES["default"])
+    be = IptablesBackend(Runner(None), flavour="iptables-nft")
+    live = IptLive.empty()
+    expected = be.changes(live, rs, "full").payload
+    fresh = _Fresh(live, rs.prefix)
+    streamed = {g[0]: fresh.head(g) for g in _STREAMS}
+    for _, rules in rs.by_network():
+        for table, text in fresh.network(rules).items():
+            streamed[table] += text
+    for fam in (4, 6):
+        want = "".join(expected[fam][t].script(t) for g in _STREAMS for t in g)
+        assert fresh.script(fam) == want
+    assert "".join(streamed[g[0]] + fresh.tail(4, g) for g in _STREAMS) == fresh.script(4)
