@@ -7,6 +7,7 @@ Each test gets a fresh network namespace; the firewall is read back with the sys
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 
 import pytest
@@ -727,6 +728,43 @@ def test_iptables_fresh_load_failing_anywhere_changes_nothing(netns, flavour, wh
         assert str(e.value).startswith(f"{flavour}: change failed and was rolled back: "
                                        f"{culprit}: "), e.value
         assert str(e.value).count("ipv") == 1, e.value
+
+
+@pytest.mark.parametrize("flavour", ["iptables-nft"])
+def test_iptables_fresh_load_rollback_keeps_what_others_wrote_meanwhile(netns, flavour,
+                                                                          monkeypatch):
+    """A failed load into a vacant firewall takes out only vnetfw's chains and jumps: a
+    rule that someone else added while vnetfw planned (after its snapshot) survives, and so
+    do the counters of the rules that were there (a restore from the snapshot loses both)."""
+    from vnetfw.backends import iptables as ipt
+    admin_rules(netns, flavour)
+    cmd = "iptables" + flavour.removeprefix("iptables")
+    nsrun(netns, cmd, "-I", "OUTPUT", "-o", "lo", "-j", "ACCEPT")
+    nsrun(netns, "ip", "link", "set", "lo", "up")
+    b = IptablesBackend(eng_runner(netns), flavour=flavour)
+    rs = plan(NETS, PROFILES["default"])
+    nets = rs.by_network()
+    real_tail = ipt._Fresh.tail
+    monkeypatch.setattr(ipt._Fresh, "tail", lambda self, fam, group: real_tail(
+        self, fam, group).replace("COMMIT\n", "-A VNETFW_PRT -j NO_SUCH_TARGET\nCOMMIT\n", 1)
+        if group[0] == "nat" else real_tail(self, fam, group))
+
+    def planned():
+        yield from nets[:2]
+        # meanwhile someone adds a rule, and a packet moves an admin rule's counter
+        nsrun(netns, cmd, "-I", "FORWARD", "1", "-s", "198.51.100.7", "-j", "DROP")
+        nsrun(netns, sys.executable, "-c", "import socket; socket.socket(socket.AF_INET, "
+              "socket.SOCK_DGRAM).sendto(b'x', ('127.0.0.1', 9))")
+        yield from nets[2:]
+    live = b.read()
+    with pytest.raises(BackendError, match="rolled back"):
+        b.load_fresh(live, "VNETFW", planned())
+    after = save(netns, flavour)
+    assert "VNETFW" not in after
+    assert "-A FORWARD -s 198.51.100.7/32 -j DROP" in after
+    counted = nsrun(netns, f"{cmd}-save", "-c", "-t", "filter")
+    packets = re.search(r"^\[(\d+):\d+\] -A OUTPUT -o lo -j ACCEPT$", counted, re.M)
+    assert packets and int(packets[1]) > 0, counted
 
 
 def eng_runner(ns: str):

@@ -837,13 +837,13 @@ class IptablesBackend(Backend):
         except BaseException as e:          # interrupted: stop, put back, re-raise
             for *_, feed in restores:
                 feed.abort()
-            problems = self._rollback(live, fresh.changeset(), _families(started))
+            problems = self._undo_fresh(prefix, _families(started))
             if problems:
                 raise RollbackIncomplete(f"{self.name}: interrupted and rolled back; "
                                          "ROLLBACK INCOMPLETE: " + "; ".join(problems)) from e
             raise
         if failed:
-            problems = self._rollback(live, cs, _families(started))
+            problems = self._undo_fresh(prefix, _families(started))
             msg = (f"{self.name}: change failed and was rolled back: "
                    + "; ".join(f"{label}: {e}" for label, e in failed.items()))
             if problems:
@@ -867,6 +867,35 @@ class IptablesBackend(Backend):
                                            ["COMMIT"]) + "\n")
             try:
                 self.runner.run([self._cmd[fam][1], "-w", "-c"], stdin="".join(parts))
+            except BackendError as e:
+                problems.append(f"ipv{fam}: {e}")
+        return problems
+
+    def _undo_fresh(self, prefix: str, families: list[Family]) -> list[str]:
+        """Take out what a failed load into a vacant firewall left: the firewall held no
+        chain of ours (``vacant``), so every chain of ours and every jump to one is the
+        load's. Unlike a restore from the snapshot, this leaves every other rule as it is
+        now, one that someone else added while vnetfw planned included, counters too. Reads
+        each family afresh; jumps are deleted by their text (``-D CHAIN rule``), not by a
+        position that a concurrent insert would shift. Returns the problems (empty: all gone)."""
+        problems = []
+        for fam in families:
+            try:
+                dumps = parse_save(self.runner.run([self._cmd[fam][0]]))
+                undo = []
+                for table in TABLES:
+                    dump = dumps.get(table, TableDump())
+                    ours = [f"{prefix}_{c.suffix}" for c in chains_of(table)]
+                    lines = [f"-D {builtin} {rule}"      # as iptables-save printed it
+                             for builtin in BUILTINS[table]
+                             for rule in dump.chains.get(builtin, [])
+                             if _plain_jump_target(rule) in ours]
+                    there = [c for c in ours if c in dump.chains]
+                    lines += [f"-F {c}" for c in there] + [f"-X {c}" for c in there]
+                    if lines:
+                        undo.append(TableEdit(lines=lines).script(table))
+                if undo:
+                    self.runner.run([self._cmd[fam][1], "-w", "--noflush"], stdin="".join(undo))
             except BackendError as e:
                 problems.append(f"ipv{fam}: {e}")
         return problems
