@@ -29,7 +29,6 @@ Netfilter facts this module is built around:
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import re
 import shlex
@@ -427,6 +426,7 @@ def _rule_edits(live: list[str], want: list[Rule], chain: str, fam: Family, tabl
             lines.append(f"-A {chain} {text}")
             items.append(Change(fam, "add", where, "", r.network, r))
         return lines
+    import difflib      # only an existing chain that changes needs it (~1 ms to import)
     sm = difflib.SequenceMatcher(None, live, want_text, autojunk=False)
     pos = 0
     for tag, i1, i2, j1, j2 in sm.get_opcodes():

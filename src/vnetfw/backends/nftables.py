@@ -39,7 +39,6 @@ single transaction: ``delete table`` + the whole desired table).
 
 from __future__ import annotations
 
-import difflib
 import functools
 import ipaddress
 import json
@@ -825,6 +824,7 @@ def _diff_items(cur: list[Rule | Foreign], want: list[Rule], fam: Family, where:
         for r in want:
             items.add(Change(fam, "add", where, "", net, r))
         return
+    import difflib      # only an existing chain that changes needs it (~1 ms to import)
     sm = difflib.SequenceMatcher(None, cur, want, autojunk=False)
     for tag, i1, i2, j1, j2 in sm.get_opcodes():
         if tag == "equal":

@@ -21,10 +21,8 @@ import ctypes
 import fcntl
 import os
 import re
-import shutil
 import select
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -88,6 +86,7 @@ class Runner:
         return self._answers[key]
 
     def which(self, prog: str) -> str | None:
+        import shutil       # imported by the few commands that ask (~1.5 ms)
         return shutil.which(prog)
 
     def _netns_kwargs(self) -> tuple[int | None, dict]:
@@ -183,6 +182,7 @@ def _memfile(name: str) -> IO[bytes]:
     this Python has no memfd_create."""
     if hasattr(os, "memfd_create"):
         return os.fdopen(os.memfd_create(f"vnetfw-{name}", os.MFD_CLOEXEC), "w+b")
+    import tempfile
     return tempfile.TemporaryFile()
 
 
