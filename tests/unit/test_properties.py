@@ -9,7 +9,9 @@ Checked for every generated set and both profiles:
   chain, blocks in name order; a network's rules do not depend on the other networks;
 - the state-file form (to_dict/network_from_dict) round-trips;
 - the overlap check (a sorted sweep) agrees with comparing every pair, and names the later
-  definition.
+  definition;
+- the fast address parser (``parse_ip``) accepts exactly the strings ipaddress accepts,
+  with the same value.
 """
 
 from __future__ import annotations
@@ -243,3 +245,40 @@ def test_generator_produces_every_mode_and_family():
 
     collect()
     assert {Mode.NAT, Mode.ROUTE, Mode.ISOLATED, Mode.OPEN, 4, 6, "dev", "snat"} <= seen
+
+
+# ---------------------------------------------------------------------------------------------
+# parse_ip: the fast address parser accepts exactly what ipaddress accepts, with its value
+
+def _ip_or_error(parse, text):
+    try:
+        return parse(text)
+    except ValueError:
+        return "refused"
+
+
+_IP_TEXT = st.one_of(
+    st.text(alphabet="0123456789abcdefABCDEF.:%x -+_\n", max_size=45),
+    st.lists(st.sampled_from(["0", "1", "01", "00", "9", "255", "256", "1000", "-1", ""]),
+             min_size=1, max_size=6).map(".".join),
+    st.lists(st.sampled_from(["", "0", "1", "ffff", "FFFF", "10000", "g", "1.2.3.4", "eth0"]),
+             min_size=1, max_size=10).map(":".join),
+    st.ip_addresses().map(str),
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_IP_TEXT)
+def test_parse_ip_is_ipaddress(text):
+    from vnetfw.model import parse_ip
+    want = _ip_or_error(ipaddress.ip_address, text)
+    got = _ip_or_error(parse_ip, text)
+    assert got == want and type(got) is type(want), (text, got, want)
+
+
+@pytest.mark.parametrize("text", ["1.2.3.4", "01.2.3.4", "1.2.3", " 1.2.3.4", "1.2.3.4\n",
+                                  "::", "::ffff:1.2.3.4", "fe80::1%eth0", "1::2::3",
+                                  "2001:DB8::1", "1.2.3.4/24", ""])
+def test_parse_ip_known_cases(text):
+    from vnetfw.model import parse_ip
+    assert _ip_or_error(parse_ip, text) == _ip_or_error(ipaddress.ip_address, text)

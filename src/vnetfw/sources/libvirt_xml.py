@@ -15,7 +15,8 @@ from xml.etree.ElementTree import Element
 from xml.parsers import expat
 
 from ..errors import DefinitionError
-from ..model import IPBlock, Mode, Nat, Network, classful_prefix, netmask_prefix, parse_number
+from ..model import (IPBlock, Mode, Nat, Network, classful_prefix, netmask_prefix, parse_ip,
+                     parse_number)
 
 _MODES = {m.value: m for m in Mode if m is not Mode.ISOLATED}
 _YES = {"yes": True, "no": False}
@@ -157,7 +158,7 @@ class _Reader:
         if raw is None:
             raise self.fail("ip address", "<ip> needs an address attribute")
         try:
-            addr = ipaddress.ip_address(raw)
+            addr = parse_ip(raw)
         except ValueError:
             raise self.fail("ip address", f"{raw!r} is not an IP address") from None
         family = el.get("family")

@@ -25,7 +25,7 @@ import tomllib
 from typing import Any
 
 from ..errors import DefinitionError
-from ..model import IPBlock, Mode, Nat, Network, classful_prefix, netmask_prefix
+from ..model import IPBlock, Mode, Nat, Network, classful_prefix, netmask_prefix, parse_ip
 
 _NET_KEYS = {"name", "bridge", "mode", "forward_dev", "ipv6", "nat", "ip"}
 _NAT_KEYS = {"ports", "address", "ipv6"}
@@ -120,7 +120,7 @@ def _ip(i: Any, fail) -> IPBlock:
     try:
         if not isinstance(raw, str):
             raise ValueError
-        addr = ipaddress.ip_address(raw)
+        addr = parse_ip(raw)
     except ValueError:
         raise fail("ip.address", f"{raw!r} is not an IP address (a string such as "
                                  "\"192.168.122.1\")") from None
