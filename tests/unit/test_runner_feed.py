@@ -86,3 +86,23 @@ def test_abort_kills_a_wrapper_and_what_it_started(tmp_path):
     import time
     time.sleep(1.5)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("stderr, said", [
+    # nft: the error, the input line it quotes; not the carets under it
+    ("/dev/fd/3:3:41-47: Error: Could not process rule: No such file or directory\n"
+     'add rule inet t c meta iifname "x" jump nochain\n'
+     "                                        ^^^^^^^\n",
+     "/dev/fd/3:3:41-47: Error: Could not process rule: No such file or directory; "
+     'add rule inet t c meta iifname "x" jump nochain'),
+    # iptables-restore: the reason and the line; not the closing hint
+    ("iptables-nft-restore v1.8.9 (nf_tables): Chain 'NO_SUCH_TARGET' does not exist\n"
+     "Error occurred at line: 3\n"
+     "Try `iptables-nft-restore -h' or 'iptables-nft-restore --help' for more information.\n",
+     "iptables-nft-restore v1.8.9 (nf_tables): Chain 'NO_SUCH_TARGET' does not exist; "
+     "Error occurred at line: 3"),
+    ("", "exit status 4"),
+    ("\n".join(f"line {i}" for i in range(9)), "line 0; line 1; line 2; line 3; (5 more lines)"),
+])
+def test_a_failure_says_what_the_tool_said(stderr, said):
+    assert str(CommandFailed(["tool"], 4, stderr)) == f"tool failed: {said}"

@@ -38,13 +38,30 @@ NETNS_DIR = "/run/netns"
 _NETNS_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
+# iptables' closing hint, which says nothing about what went wrong
+_HELP_HINT = re.compile(r"^Try `\S+ -h' or '\S+ --help' for more information\.$")
+
+
+def complaint(stderr: str, limit: int = 4) -> str:
+    """A tool's error output as one line: what it said, without iptables' closing "Try
+    `iptables-restore -h' ..." hint or the carets nft draws under the input line it quotes
+    (the last line of either says nothing). nft: "/dev/fd/3:7:1-40: Error: Could not
+    process rule: ...; add rule inet ..."; iptables-restore: "...: Chain 'X' does not
+    exist; Error occurred at line: 3". At most ``limit`` lines, each cut at 200 characters."""
+    lines = [ln.strip() for ln in stderr.splitlines()]
+    keep = [ln if len(ln) <= 200 else ln[:199] + "…" for ln in lines
+            if ln and not _HELP_HINT.match(ln) and not set(ln) <= {"^", "~", " "}]
+    more = len(keep) - limit
+    return "; ".join(keep[:limit]) + (f"; ({more} more lines)" if more > 0 else "")
+
+
 class CommandFailed(BackendError):
     def __init__(self, argv: list[str], returncode: int, stderr: str) -> None:
         self.argv = argv
         self.returncode = returncode
         self.stderr = stderr.strip()
-        first = self.stderr.splitlines()[-1] if self.stderr else f"exit status {returncode}"
-        super().__init__(f"{argv[0]} failed: {first}")
+        said = complaint(self.stderr) or f"exit status {returncode}"
+        super().__init__(f"{argv[0]} failed: {said}")
 
 
 def netns_problem(name: str) -> str | None:
@@ -249,6 +266,10 @@ class Feed:
         text = self._out.read().decode("utf-8", "replace")
         self._close_files()
         return text
+
+    def exited(self) -> bool:
+        """Has the command ended already (before its input did: it failed)?"""
+        return self._proc.poll() is not None
 
     def abort(self) -> None:
         """Kill the command before it reads the end of its input, so it acts on nothing
