@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import sys
+import time
 
 import pytest
 
@@ -675,36 +676,58 @@ def test_iptables_fresh_load_equals_the_diffed_change(netns, flavour, tmp_path):
 
 
 @pytest.mark.parametrize("flavour", ["iptables-nft"])
-@pytest.mark.parametrize("where", ["planning", "ipv4-nat", "ipv4-mangle", "ipv6",
-                                   "interrupted"])
+@pytest.mark.parametrize("where", ["planning", "nat-stream", "ipv4-filter", "ipv4-nat",
+                                   "ipv4-mangle", "ipv6", "interrupted"])
 def test_iptables_fresh_load_failing_anywhere_changes_nothing(netns, flavour, where, tmp_path,
                                                              monkeypatch):
-    """Planning fails half-way (nothing committed yet); IPv4's nat table is refused while
-    its filter table commits in the other restore; IPv4's mangle table is refused after the
-    same restore committed the nat table; IPv6's restore fails after IPv4 committed;
-    Ctrl-C while the restores commit: the firewall is byte-identical afterwards."""
+    """Wherever the load into a vacant firewall fails, the firewall is byte-identical
+    afterwards and the error names the restore that failed. Before any COMMIT: planning
+    fails half-way, or the nat restore refuses a line while networks are still streamed
+    (nothing committed, and said so). After: the filter restore refuses its table, the nat
+    restore refuses its table (filter's restore commits on its own meanwhile), the mangle
+    table is refused after the same restore committed nat, IPv6's restore fails after
+    IPv4's committed, or Ctrl-C after IPv4's restores finished, while IPv6's commits."""
     from vnetfw.backends import iptables as ipt
     admin_rules(netns, flavour)
     before = save(netns, flavour)
     b = IptablesBackend(eng_runner(netns), flavour=flavour)
     rs = plan(NETS, PROFILES["default"])
     nets = rs.by_network()
-    real_tail, real_script = ipt._Fresh.tail, ipt._Fresh.script
-    bad = "-A VNETFW_PRT -j NO_SUCH_TARGET\n"
-    if where in ("ipv4-nat", "ipv4-mangle"):
-        mark = "COMMIT\n" if where == "ipv4-nat" else "*mangle\n"
+    real_tail, real_script, real_network = ipt._Fresh.tail, ipt._Fresh.script, ipt._Fresh.network
+    # iptables-nft-restore takes an unknown target for a chain, and finds it missing only
+    # at COMMIT; an unknown option it refuses at once, as it reads the line.
+    bad = {"ipv4-filter": "-A VNETFW_FWX -j NO_SUCH_TARGET\n",
+           "nat-stream": "-A VNETFW_PRT --no-such-option\n"}.get(
+        where, "-A VNETFW_PRT -j NO_SUCH_TARGET\n")
+    if where in ("ipv4-filter", "ipv4-nat", "ipv4-mangle"):
+        group0, mark = {"ipv4-filter": ("filter", "COMMIT\n"), "ipv4-nat": ("nat", "COMMIT\n"),
+                        "ipv4-mangle": ("nat", "*mangle\n")}[where]
 
         def tail(self, fam, group):
             text = real_tail(self, fam, group)
-            if fam == 4 and group[0] == "nat":
+            if fam == 4 and group[0] == group0:
                 assert mark in text
                 return text.replace(mark, bad + mark if mark == "COMMIT\n" else mark + bad, 1)
             return text
         monkeypatch.setattr(ipt._Fresh, "tail", tail)
+    feeds = []
+    if where == "nat-stream":       # the last network's nat lines carry a bad one
+        from vnetfw.backends.runner import Runner
+        real_feed, count = Runner.feed, []
+        monkeypatch.setattr(Runner, "feed", lambda self, argv: feeds.append(
+            real_feed(self, argv)) or feeds[-1])
+
+        def network(self, rules):
+            out = real_network(self, rules)
+            count.append(1)
+            if len(count) == len(nets):
+                out["nat"] = out.get("nat", "") + bad
+            return out
+        monkeypatch.setattr(ipt._Fresh, "network", network)
     if where == "ipv6":
         monkeypatch.setattr(ipt._Fresh, "script", lambda self, fam: real_script(self, fam)
                             + "*filter\n-A VNETFW_FWX -j NO_SUCH_TARGET\nCOMMIT\n")
-    if where == "interrupted":      # Ctrl-C while IPv4 commits and IPv6 is written
+    if where == "interrupted":      # IPv4's restores are waited for first: they finished
         from vnetfw.backends.runner import Feed
         real_finish = Feed.finish
 
@@ -719,15 +742,42 @@ def test_iptables_fresh_load_failing_anywhere_changes_nothing(netns, flavour, wh
         if where == "planning":
             raise RuntimeError("planning failed")
         yield from nets[2:]
+        for _ in range(500):        # nat-stream: planning ends after the restore gave up
+            if not feeds or feeds[1].exited():
+                break
+            time.sleep(0.01)
     raised = {"planning": RuntimeError, "interrupted": KeyboardInterrupt}.get(where, BackendError)
     with pytest.raises(raised) as e:
         b.load_fresh(b.read(), "VNETFW", planned())
     assert save(netns, flavour) == before
     if raised is BackendError:      # the message names the restore that failed, and only it
-        culprit = "ipv6" if where == "ipv6" else "ipv4 nat+mangle"
-        assert str(e.value).startswith(f"{flavour}: change failed and was rolled back: "
-                                       f"{culprit}: "), e.value
+        culprit = {"ipv6": "ipv6", "ipv4-filter": "ipv4 filter"}.get(where, "ipv4 nat+mangle")
+        outcome = "change refused, nothing was changed" if where == "nat-stream" \
+            else "change failed and was rolled back"
+        assert str(e.value).startswith(f"{flavour}: {outcome}: {culprit}: "), e.value
         assert str(e.value).count("ipv") == 1, e.value
+
+
+@pytest.mark.parametrize("flavour", ["iptables-nft"])
+@pytest.mark.parametrize("nth", [2, 3])
+def test_iptables_fresh_load_restore_that_cannot_start_stops_the_others(netns, flavour, nth,
+                                                                        tmp_path, monkeypatch):
+    """The second or third restore of a load into a vacant firewall cannot be started here:
+    the ones already running are killed before anything is written, and the apply takes
+    the ordinary path, every rule included."""
+    from vnetfw.backends.runner import FeedUnavailable, Runner
+    real_feed, feeds = Runner.feed, []
+
+    def feed(self, argv):
+        if len(feeds) == nth - 1:
+            raise FeedUnavailable(f"{argv[0]}: no /dev/fd to hand it a pipe as a file")
+        feeds.append(real_feed(self, argv))
+        return feeds[-1]
+    monkeypatch.setattr(Runner, "feed", feed)
+    eng = engine(netns, flavour, tmp_path)
+    rep = eng.apply(NETS)
+    assert len(feeds) == nth - 1 and all(f.exited() for f in feeds)
+    assert rep.changed and rep.warnings == [] and eng.check() == []
 
 
 @pytest.mark.parametrize("flavour", ["iptables-nft"])

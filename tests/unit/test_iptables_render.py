@@ -437,3 +437,37 @@ def test_fresh_scripts_are_the_diffed_change_split_by_restore():
         want = "".join(expected[fam][t].script(t) for g in _STREAMS for t in g)
         assert fresh.script(fam) == want
     assert "".join(streamed[g[0]] + fresh.tail(4, g) for g in _STREAMS) == fresh.script(4)
+
+
+def test_undo_of_a_vacant_load_deletes_only_ours_table_by_table():
+    """``_undo_fresh``: every jump to one of our chains (a duplicate too) by its own text,
+    our chains flushed and deleted, nothing else; one restore per table, so a table that
+    cannot be cleaned is reported and the others are still cleaned."""
+    jump = '-m comment --comment vnetfw -j VNETFW_FWX'
+
+    class Fake(Runner):
+        def __init__(self):
+            super().__init__(None)
+            self.restored = []
+
+        def run(self, argv, stdin=None, *, check=True):
+            if argv[0].endswith("-save"):
+                return ("*filter\n:FORWARD ACCEPT [0:0]\n:VNETFW_FWX - [0:0]\n:ADMIN - [0:0]\n"
+                        f"-A FORWARD {jump}\n-A FORWARD -i eth0 -j ADMIN\n-A FORWARD {jump}\n"
+                        "-A FORWARD -j VNETFW_FWX\n-A FORWARD -s 10.0.0.0/8 -j VNETFW_FWX\n"
+                        "-A VNETFW_FWX -i br0 -j ACCEPT\nCOMMIT\n"
+                        "*nat\n:POSTROUTING ACCEPT [0:0]\n:VNETFW_PRT - [0:0]\n"
+                        "-A POSTROUTING -m comment --comment vnetfw -j VNETFW_PRT\nCOMMIT\n")
+            self.restored.append(stdin)
+            if stdin.startswith("*filter"):
+                raise BackendError("iptables-restore failed: chain in use")
+            return ""
+
+    runner = Fake()
+    problems = IptablesBackend(runner, flavour="iptables-nft")._undo_fresh("VNETFW", [4])
+    assert problems == ["ipv4 filter: iptables-restore failed: chain in use"]
+    assert runner.restored == [
+        f"*filter\n-D FORWARD {jump}\n-D FORWARD {jump}\n-D FORWARD -j VNETFW_FWX\n"
+        "-F VNETFW_FWX\n-X VNETFW_FWX\nCOMMIT\n",
+        "*nat\n-D POSTROUTING -m comment --comment vnetfw -j VNETFW_PRT\n"
+        "-F VNETFW_PRT\n-X VNETFW_PRT\nCOMMIT\n"]

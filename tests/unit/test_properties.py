@@ -258,7 +258,7 @@ def _ip_or_error(parse, text):
 
 
 _IP_TEXT = st.one_of(
-    st.text(alphabet="0123456789abcdefABCDEF.:%x -+_\n", max_size=45),
+    st.text(alphabet="0123456789abcdefABCDEF.:%x -+_\n\0é١", max_size=45),
     st.lists(st.sampled_from(["0", "1", "01", "00", "9", "255", "256", "1000", "-1", ""]),
              min_size=1, max_size=6).map(".".join),
     st.lists(st.sampled_from(["", "0", "1", "ffff", "FFFF", "10000", "g", "1.2.3.4", "eth0"]),
