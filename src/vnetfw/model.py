@@ -216,6 +216,9 @@ class Network:
             raise fail("nat address", f"start {n.address_start} is after end {n.address_end}")
         seen: list[IPNet] = []
         for ip in self.ips:
+            if getattr(ip.address, "scope_id", None):
+                raise fail("ip address", f"{ip.address} has a zone (%{ip.address.scope_id}): "
+                                         "a bridge's address and its subnet have none")
             maxp = 32 if ip.family == 4 else 128
             if not 0 < ip.prefix <= maxp:
                 raise fail("ip prefix", f"prefix {ip.prefix} of {ip.address} is out of range")

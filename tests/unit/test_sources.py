@@ -286,6 +286,8 @@ BAD_XML = [
     case("prefix-not-a-number", xml(ips="<ip address='10.0.0.1' prefix='twenty'/>"), "ip prefix"),
     case("address-invalid", xml(ips="<ip address='10.0.0.300' prefix='24'/>"), "ip address"),
     case("address-missing", xml(ips="<ip prefix='24'/>"), "ip address"),
+    case("address-with-zone", xml(ips="<ip family='ipv6' address='fd00::1%eth0' prefix='64'/>"),
+         "ip address"),
     case("family-mismatch", xml(ips="<ip family='ipv6' address='10.0.0.1' prefix='24'/>"),
      "ip family"),
     case("tftp-on-ipv6", xml(ips="<ip family='ipv6' address='fd00::1' prefix='64'>"
