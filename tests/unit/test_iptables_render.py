@@ -207,9 +207,9 @@ def test_render_of_an_empty_plan_is_the_chain_setup():
         ":LIBVIRT_FWI - [0:0]\n:LIBVIRT_FWO - [0:0]\n"
         '-I INPUT 1 -m comment --comment "vnetfw" -j LIBVIRT_INP\n'
         '-I OUTPUT 1 -m comment --comment "vnetfw" -j LIBVIRT_OUT\n'
+        '-I FORWARD 1 -m comment --comment "vnetfw" -j LIBVIRT_FWO\n'
+        '-I FORWARD 1 -m comment --comment "vnetfw" -j LIBVIRT_FWI\n'
         '-I FORWARD 1 -m comment --comment "vnetfw" -j LIBVIRT_FWX\n'
-        '-I FORWARD 2 -m comment --comment "vnetfw" -j LIBVIRT_FWI\n'
-        '-I FORWARD 3 -m comment --comment "vnetfw" -j LIBVIRT_FWO\n'
         "COMMIT\n"
         "*nat\n:LIBVIRT_PRT - [0:0]\n"
         '-I POSTROUTING 1 -m comment --comment "vnetfw" -j LIBVIRT_PRT\nCOMMIT\n'

@@ -77,3 +77,13 @@ def test_missing_jumps_are_placed_between_libvirt_stages():
     _, _, after = edits(list(LV))
     assert targets(after) == ["VNETFW_FWX", "LIBVIRT_FWX", "VNETFW_FWI", "LIBVIRT_FWI",
                               "VNETFW_FWO", "LIBVIRT_FWO"]
+
+
+@pytest.mark.parametrize("rules", [[], [ADMIN], [ADMIN, "-i eth0 -j ACCEPT", ADMIN]])
+def test_jumps_into_a_chain_without_ours_refer_to_no_rule(rules):
+    """Into a chain holding none of our jumps, every insert is at position 1: ``-I CHAIN n``
+    with n > 1 names the rule now at n, which iptables-nft resolves to a handle at commit
+    time, and which another writer may delete meanwhile (the load then fails)."""
+    lines, _, after = edits(rules)
+    assert [line.split(" ", 3)[:3] for line in lines] == [["-I", "FORWARD", "1"]] * 3
+    assert targets(after) == OURS and after[3:] == rules

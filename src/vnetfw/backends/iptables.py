@@ -343,14 +343,29 @@ def _jump_edits(live_rules: list[str], builtin: str, targets: list[str],
             lines.append(f"-D {builtin} {idx + 1}")
             items.append(Change(fam, "delete", where, f"{why} jump to {t}"))
             del entries[idx]
+    inserts: list[tuple[int, str]] = []     # (index, target) in the order they are made
     for t in targets:
         if any(e[1] == t for e in entries):
             continue
         s = ours[t]
         pos = max((i + 1 for i, e in enumerate(entries) if e[0] and e[2] < s), default=0)
         entries.insert(pos, ("ours", t, s))
-        lines.append(f"-I {builtin} {pos + 1} {_jump_args(t)}")
+        inserts.append((pos, t))
         items.append(Change(fam, "insert", where, f"jump to {t} at position {pos + 1}"))
+    # A run of jumps that go one right after another is inserted backwards at the run's
+    # first position. At the top of a chain (any firewall without our jumps yet) that is
+    # "-I CHAIN 1" each time, which refers to no rule; "-I CHAIN 2" refers to the rule now
+    # second, which iptables-nft turns into its handle at commit time - and if someone
+    # deleted that rule meanwhile, the commit fails ("RULE_INSERT failed (No such file or
+    # directory)", seen with another writer busy in FORWARD during a load of 1,000).
+    k = 0
+    while k < len(inserts):
+        j = k
+        while j + 1 < len(inserts) and inserts[j + 1][0] == inserts[j][0] + 1:
+            j += 1
+        lines += [f"-I {builtin} {inserts[k][0] + 1} {_jump_args(t)}"
+                  for _, t in reversed(inserts[k:j + 1])]
+        k = j + 1
     return lines
 
 
