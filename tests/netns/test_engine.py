@@ -844,6 +844,30 @@ def test_kernel_without_checksum_gets_everything_else(netns, flavour, tmp_path, 
 
 
 @pytest.mark.parametrize("flavour", ["nftables", "iptables-nft"])
+def test_a_refused_vacant_load_is_tried_again_whole_before_anything_is_left_out(
+        netns, flavour, tmp_path, monkeypatch):
+    """The load into a vacant firewall is refused (and undone) for a reason of the moment
+    (another writer in its way): the ordinary path commits the whole plan, CHECKSUM
+    included, with no warning; nothing is left out for a reason that is not its own."""
+    from vnetfw.backends import get_backend
+    cls = type(get_backend(flavour, eng_runner(netns)))
+    calls = []
+
+    def refused(self, live, prefix, networks):
+        calls.append(1)
+        raise BackendError(f"{flavour}: change failed and was rolled back: ipv4 filter: "
+                           "line 12: RULE_INSERT failed (No such file or directory)")
+    monkeypatch.setattr(cls, "load_fresh", refused)
+    eng = engine(netns, flavour, tmp_path)
+    rep = eng.apply(NETS)
+    assert calls == [1] and rep.changed and rep.warnings == []
+    assert eng.check() == []
+    b = eng.backend_for(eng.store.load())
+    assert b.live_ruleset(b.read(), "VNETFW") == b.effective(plan(NETS, PROFILES["default"]))
+    assert eng.store.load().generation is not None      # and the result is trusted
+
+
+@pytest.mark.parametrize("flavour", ["nftables", "iptables-nft"])
 def test_a_tool_that_cannot_be_fed_here_is_run_the_ordinary_way(netns, flavour, tmp_path,
                                                                 monkeypatch):
     """No /dev/fd, no memory file, a fork refused: nothing about the firewall, so the load
