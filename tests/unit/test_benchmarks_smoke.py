@@ -43,3 +43,11 @@ def test_control_case_runs_for_one_network(tmp_path):
         assert data["median_s"].get(key) is not None, key
     text = report.render_all({"meta": {}, "control": {"cases": [data]}}, markdown=True)
     assert "| iptables-nft | nat | 1 |" in text
+
+
+@needs_root
+def test_stress_tool_runs_and_counts_a_whole_load(capsys):
+    from benchmarks.stress import main
+
+    assert main(["--loads", "1", "--networks", "3"]) == 0
+    assert "1 of 1 loads whole" in capsys.readouterr().out
