@@ -255,8 +255,8 @@ def _after(live: IptLive, script: str, table: str = "filter") -> dict[str, list[
                 chains[chain].append(rest)
             else:
                 n, _, rule = rest.partition(" ")
-                if op == "-D":
-                    del chains[chain][int(n) - 1]
+                if op == "-D":      # by number, or the first rule equal to the text
+                    del chains[chain][int(n) - 1 if n.isdigit() else chains[chain].index(rest)]
                 else:
                     chains[chain].insert(int(n) - 1, rule)
     return chains

@@ -15,13 +15,14 @@ ADMIN = "-s 198.51.100.7/32 -j DROP"
 
 
 def apply(rules: list[str], lines: list[str]) -> list[str]:
-    """Play -D/-I lines on a list the way iptables-restore would."""
+    """Play -D/-I lines on a list the way iptables-restore would (``-D CHAIN rule``
+    deletes the first equal rule)."""
     out = list(rules)
     for line in lines:
         op, chain, rest = line.split(" ", 2)
         num, _, args = rest.partition(" ")
         if op == "-D":
-            del out[int(num) - 1]
+            del out[int(num) - 1 if num.isdigit() else out.index(rest)]
         else:
             out.insert(int(num) - 1, args)
     return out
@@ -87,3 +88,23 @@ def test_jumps_into_a_chain_without_ours_refer_to_no_rule(rules):
     lines, _, after = edits(rules)
     assert [line.split(" ", 3)[:3] for line in lines] == [["-I", "FORWARD", "1"]] * 3
     assert targets(after) == OURS and after[3:] == rules
+
+
+@pytest.mark.parametrize("rules", [
+    [ADMIN, _jump_args("VNETFW_FWO"), _jump_args("VNETFW_FWX"), _jump_args("VNETFW_FWI")],
+    [_jump_args("VNETFW_FWX"), ADMIN, _jump_args("VNETFW_FWX"), _jump_args("VNETFW_FWI"),
+     _jump_args("VNETFW_FWO"), _jump_args("VNETFW_FWI")],
+    [LV[0], _jump_args("VNETFW_FWI"), LV[1], _jump_args("VNETFW_FWX"), LV[2],
+     _jump_args("VNETFW_FWO")],
+])
+def test_our_jumps_are_deleted_by_their_text_never_by_position(rules):
+    """A repair deletes our jumps by their text: "-D FORWARD 3" is resolved when the restore
+    commits, and a rule inserted above since vnetfw read the chain would make it someone
+    else's. The result is the same as before: our jumps once each, in stage order, the
+    others where they were."""
+    lines, _, after = edits(rules)
+    assert lines and not any(line.split(" ", 3)[2].isdigit() for line in lines
+                             if line.startswith("-D"))
+    assert targets([r for r in after if "VNETFW" in r]) == OURS
+    assert [r for r in after if "VNETFW" not in r] == [r for r in rules if "VNETFW" not in r]
+    assert edits(after)[0] == []

@@ -336,13 +336,30 @@ def _jump_edits(live_rules: list[str], builtin: str, targets: list[str],
     keep = {first[t] for t in best}
     lines: list[str] = []
     where = f"{table} {builtin}"
+    # Our jumps are deleted by their text, never by position: "-D FORWARD 3" is resolved
+    # when the restore commits, and a rule someone inserted above it since vnetfw read the
+    # chain would make it theirs. "-D CHAIN rule" deletes the first copy, so a target with
+    # any copy to go loses every copy, and the one kept (always its first) is put back
+    # where it stood, in the same restore: one transaction, no moment without it.
+    doomed = {t for idx, (kind, t, _) in enumerate(entries) if kind == "ours" and idx not in keep}
     for idx in range(len(entries) - 1, -1, -1):
         kind, t, _ = entries[idx]
         if kind == "ours" and idx not in keep:
             why = "duplicate" if idx != first[t] else "out-of-order"
-            lines.append(f"-D {builtin} {idx + 1}")
             items.append(Change(fam, "delete", where, f"{why} jump to {t}"))
-            del entries[idx]
+    lines += [f"-D {builtin} {args}" for args, (kind, t, _) in zip(live_rules, entries)
+              if kind == "ours" and t in doomed]
+    put_back: list[int] = []
+    after: list[tuple[str | None, str | None, int]] = []
+    for idx, e in enumerate(entries):
+        if e[0] == "ours" and e[1] in doomed:
+            if idx not in keep:
+                continue
+            put_back.append(len(after))
+        after.append(e)
+    entries = after
+    lines += [f"-I {builtin} {pos + 1} {live_rules[first[entries[pos][1]]]}"
+              for pos in put_back]
     inserts: list[tuple[int, str]] = []     # (index, target) in the order they are made
     for t in targets:
         if any(e[1] == t for e in entries):
@@ -729,14 +746,16 @@ class IptablesBackend(Backend):
 
     def _teardown_table(self, dump: TableDump, prefix: str, fam: Family, table: str,
                         items: list[Change]) -> TableEdit:
+        """Every plain jump to one of our chains, deleted by its text (``-D CHAIN rule``,
+        never by a position that someone's insert could shift onto their own rule), then
+        our chains flushed and deleted."""
         ed = TableEdit()
         ours = [f"{prefix}_{s.suffix}" for s in chains_of(table)]
         for builtin in BUILTINS[table]:
-            rules = dump.chains.get(builtin, [])
-            for idx in range(len(rules) - 1, -1, -1):
-                tgt = _plain_jump_target(rules[idx])
+            for rule in dump.chains.get(builtin, []):
+                tgt = _plain_jump_target(rule)
                 if tgt in ours:
-                    ed.lines.append(f"-D {builtin} {idx + 1}")
+                    ed.lines.append(f"-D {builtin} {rule}")
                     items.append(Change(fam, "delete", f"{table} {builtin}", f"jump to {tgt}"))
         existing = [c for c in ours if c in dump.chains]
         for c in existing:
@@ -915,19 +934,12 @@ class IptablesBackend(Backend):
                 problems.append(f"ipv{fam}: {e}")
                 continue
             for table in TABLES:
-                dump = dumps.get(table, TableDump())
-                ours = [f"{prefix}_{c.suffix}" for c in chains_of(table)]
-                lines = [f"-D {builtin} {rule}"          # as iptables-save printed it
-                         for builtin in BUILTINS[table]
-                         for rule in dump.chains.get(builtin, [])
-                         if _plain_jump_target(rule) in ours]
-                there = [c for c in ours if c in dump.chains]
-                lines += [f"-F {c}" for c in there] + [f"-X {c}" for c in there]
-                if not lines:
+                ed = self._teardown_table(dumps.get(table, TableDump()), prefix, fam, table, [])
+                if ed.empty:
                     continue
                 try:
                     self.runner.run([self._cmd[fam][1], "-w", "--noflush"],
-                                    stdin=TableEdit(lines=lines).script(table))
+                                    stdin=ed.script(table))
                 except BackendError as e:
                     problems.append(f"ipv{fam} {table}: {e}")
         return problems
