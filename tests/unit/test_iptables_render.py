@@ -324,7 +324,8 @@ def _nets(*names_ips):
 
 
 def _apply_edits(live: IptLive, cs) -> IptLive:
-    """What the restore would make of ``live`` (chains, -A/-I/-D by index), simulated."""
+    """What the restore would make of ``live`` (chains, -A/-I by index, -D by index or by
+    text), simulated."""
     for fam in (4, 6):
         for table, ed in cs.payload.get(fam, {}).items():
             dump = live.tables[fam].setdefault(table, TableDump())
@@ -339,7 +340,7 @@ def _apply_edits(live: IptLive, cs) -> IptLive:
                     pos, args = rest.split(" ", 1)
                     rules.insert(int(pos) - 1, args)
                 elif op == "-D":
-                    del rules[int(rest) - 1]
+                    del rules[int(rest) - 1 if rest.isdigit() else rules.index(rest)]
     return live
 
 

@@ -4,6 +4,8 @@ left in place, and the stage order across another layout's jumps (libvirt's)."""
 from __future__ import annotations
 
 import itertools
+import random
+import shlex
 
 import pytest
 
@@ -108,3 +110,42 @@ def test_our_jumps_are_deleted_by_their_text_never_by_position(rules):
     assert targets([r for r in after if "VNETFW" in r]) == OURS
     assert [r for r in after if "VNETFW" not in r] == [r for r in rules if "VNETFW" not in r]
     assert edits(after)[0] == []
+
+
+def _play_semantic(rules: list[str], lines: list[str]) -> list[str]:
+    """Like ``apply``, but ``-D CHAIN rule`` deletes the first rule that iptables would
+    call the same (quotes are spelling: ``--comment vnetfw`` is ``--comment "vnetfw"``)."""
+    out = list(rules)
+    for line in lines:
+        op, _chain, rest = line.split(" ", 2)
+        num, _, args = rest.partition(" ")
+        if op == "-D" and not num.isdigit():
+            del out[next(i for i, r in enumerate(out) if shlex.split(r) == shlex.split(rest))]
+        elif op == "-D":
+            del out[int(num) - 1]
+        else:
+            assert 0 < int(num) <= len(out) + 1, (line, out)
+            out.insert(int(num) - 1, args)
+    return out
+
+
+def test_random_chains_end_with_our_jumps_once_in_order_and_nothing_else_moved():
+    """3,000 random FORWARD chains of our jumps (commented either way, or plain), another
+    layout's staged jumps, and admin rules, played as iptables would: each of our jumps
+    once, stage order across layouts (when the other layout is in order itself), every
+    other rule unchanged and in place, and a second run changes nothing."""
+    pool = [_jump_args(t) for t in OURS] + [f"-m comment --comment vnetfw -j {t}" for t in OURS] \
+        + [f"-j {t}" for t in OURS] + LV + [ADMIN, "-i eth0 -j ACCEPT"]
+    stage = {"FWX": 0, "FWI": 1, "FWO": 2}
+    rnd = random.Random(7)
+    for _ in range(3000):
+        rules = [rnd.choice(pool) for _ in range(rnd.randint(0, 8))]
+        lines = _jump_edits(rules, "FORWARD", OURS, 4, "filter", [])
+        after = _play_semantic(rules, lines)
+        ts = [r.rsplit("-j ", 1)[1] for r in after if "_FW" in r]
+        assert [t for t in ts if t.startswith("VNETFW")] == OURS, (rules, lines, after)
+        assert [r for r in after if "VNETFW" not in r] == [r for r in rules if "VNETFW" not in r]
+        lv = [stage[t[-3:]] for t in ts if t.startswith("LIBVIRT")]
+        if lv == sorted(lv):
+            assert [stage[t[-3:]] for t in ts] == sorted(stage[t[-3:]] for t in ts), after
+        assert _jump_edits(after, "FORWARD", OURS, 4, "filter", []) == [], (rules, after)

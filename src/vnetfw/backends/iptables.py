@@ -12,8 +12,12 @@ Netfilter facts this module is built around:
   of every table it touches and, on any failure, restores those tables whole (without
   --noflush, which replaces exactly the tables named in the input, counters included).
 - With --noflush, declaring an *existing* user chain (``:CHAIN - [0:0]``) flushes it. Chains
-  are therefore declared only when missing; rules change by index (``-D CHAIN n``,
-  ``-I CHAIN n rule``), so an update costs what changed, not what exists.
+  are therefore declared only when missing; rules in our chains change by index (``-D CHAIN
+  n``, ``-I CHAIN n rule``), so an update costs what changed, not what exists.
+- A position is resolved when the restore commits (iptables-nft: to a rule handle), not
+  when vnetfw read the chain. Only vnetfw writes its own chains; in the builtin chains,
+  which others write too, our jumps are deleted by their text (``_jump_edits``) and go in at
+  position 1 wherever they can.
 - iptables-save prints rules canonically (``-m udp`` added, ``RELATED,ESTABLISHED``, default
   ``--reject-with``, ``/32`` kept on -s/-d); the parser maps that back to ``Rule`` exactly,
   and anything it does not recognise becomes ``Foreign`` (so it is reported and replaced,
@@ -289,9 +293,10 @@ def _jump_edits(live_rules: list[str], builtin: str, targets: list[str],
     """Restore lines that make ``builtin`` hold plain jumps to ``targets`` in stage order.
 
     Existing jumps stay where they are (an admin may have put rules above them on purpose);
-    duplicates and jumps out of order are deleted, missing ones inserted right after the
-    last jump of an earlier stage (or at the top). Rules that are not our jumps are never
-    touched.
+    duplicates and jumps out of order are deleted (by their text: see below), missing ones
+    inserted right after the last jump of an earlier stage (or at the top). Rules that are
+    not our jumps are never touched. (A kept jump with a duplicate of the very same text is
+    deleted with it and put back at its place in the same transaction.)
 
     Another layout's staged jumps in the same chain (libvirt's ``LIBVIRT_FWX/FWI/FWO``, or
     vnetfw with another prefix) take part in the order: every cross jump must come before
@@ -338,28 +343,32 @@ def _jump_edits(live_rules: list[str], builtin: str, targets: list[str],
     where = f"{table} {builtin}"
     # Our jumps are deleted by their text, never by position: "-D FORWARD 3" is resolved
     # when the restore commits, and a rule someone inserted above it since vnetfw read the
-    # chain would make it theirs. "-D CHAIN rule" deletes the first copy, so a target with
-    # any copy to go loses every copy, and the one kept (always its first) is put back
-    # where it stood, in the same restore: one transaction, no moment without it.
-    doomed = {t for idx, (kind, t, _) in enumerate(entries) if kind == "ours" and idx not in keep}
-    for idx in range(len(entries) - 1, -1, -1):
-        kind, t, _ = entries[idx]
+    # chain would make it theirs. "-D CHAIN rule" deletes the first rule with that text, and
+    # the copy kept of a target is always its first: so where a copy to go has the kept
+    # copy's very text, every copy with that text goes and the kept one is put back where
+    # it stood, in the same restore (one transaction: no moment without it). Copies of
+    # another text (plain "-j X" against the commented form) go without touching it.
+    gone: set[int] = set()
+    put_back: set[int] = set()
+    for idx, (kind, t, _) in enumerate(entries):
         if kind == "ours" and idx not in keep:
-            why = "duplicate" if idx != first[t] else "out-of-order"
-            items.append(Change(fam, "delete", where, f"{why} jump to {t}"))
-    lines += [f"-D {builtin} {args}" for args, (kind, t, _) in zip(live_rules, entries)
-              if kind == "ours" and t in doomed]
-    put_back: list[int] = []
+            gone.add(idx)
+            # the same rule to iptables (its quotes are spelling, not content)
+            if first[t] in keep and shlex.split(live_rules[idx]) == shlex.split(
+                    live_rules[first[t]]):
+                put_back.add(first[t])
+    for idx in sorted(gone, reverse=True):
+        t = entries[idx][1]
+        why = "duplicate" if idx != first[t] else "out-of-order"
+        items.append(Change(fam, "delete", where, f"{why} jump to {t}"))
+    lines += [f"-D {builtin} {live_rules[idx]}" for idx in sorted(gone | put_back)]
     after: list[tuple[str | None, str | None, int]] = []
     for idx, e in enumerate(entries):
-        if e[0] == "ours" and e[1] in doomed:
-            if idx not in keep:
-                continue
-            put_back.append(len(after))
-        after.append(e)
+        if idx in put_back:
+            lines.append(f"-I {builtin} {len(after) + 1} {live_rules[idx]}")
+        if idx not in gone:
+            after.append(e)
     entries = after
-    lines += [f"-I {builtin} {pos + 1} {live_rules[first[entries[pos][1]]]}"
-              for pos in put_back]
     inserts: list[tuple[int, str]] = []     # (index, target) in the order they are made
     for t in targets:
         if any(e[1] == t for e in entries):
@@ -594,6 +603,8 @@ def flavour_of(runner: Runner, backend: str | None) -> str | None:
 
 class IptablesBackend(Backend):
     """iptables-save/iptables-restore for one flavour (nft, legacy, or the system default)."""
+
+    shares_chains = True        # our jumps live among others' rules in the builtin chains
 
     def __init__(self, runner: Runner, flavour: str = "iptables") -> None:
         super().__init__(runner)
