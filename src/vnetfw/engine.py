@@ -252,10 +252,11 @@ class Engine:
         (``load_fresh``). If that fails, the backend has loaded nothing or rolled back
         (except: an interrupt after nft sent its batch may leave the table loaded and the
         state unsaved; the next command finds and repairs it); a definition error then wins
-        over the backend's, else the ordinary path runs once with the whole plan (another
-        writer may have been in the load's way), and if that is refused too, a plan with
-        optional rules (which the kernel may lack) is tried once more without them. If the
-        tool could not be fed at all (``FeedUnavailable``), the ordinary path runs."""
+        over the backend's; where another writer may have been in the load's way
+        (``Backend.shares_chains``: iptables) the ordinary path runs once with the whole
+        plan; a refusal that stands, for a plan with optional rules (which the kernel may
+        lack), is tried once more without them. If the tool could not be fed at all
+        (``FeedUnavailable``), the ordinary path runs."""
         if g0 is _UNREAD:
             g0 = self._generation(backend)
         if partial is not None and g0 is not None and g0 == partial.generation \
@@ -268,7 +269,7 @@ class Engine:
             except BackendError:
                 g0 = backend.generation()       # undone; the full path says what it does
         live = backend.read()                   # g0 was taken before: the diff's base
-        fresh_refused = False
+        refused: BackendError | None = None
         if fresh is not None and prefix is not None and not dry_run \
                 and backend.vacant(live, prefix):
             try:
@@ -277,27 +278,29 @@ class Engine:
                 raise
             except FeedUnavailable:
                 pass    # nothing started (no /dev/fd, no memory file...): the path below
-            except BackendError:
-                fresh_refused = True
+            except BackendError as e:
+                refused = e
             else:
                 report.changes += cs.items
                 return backend.generation_after(cs, g0)
         if callable(desired):
             desired = desired()                 # after a refusal: a bad definition says so
-        if fresh_refused:
+        if refused is not None and backend.shares_chains:
             # Undone. Once more the ordinary way, from what is there now: a load into a
             # vacant firewall takes long enough for another writer to get in its way (an
-            # iptables restore refers to the rules around the jumps it inserts), and
-            # trimming optional rules is no answer to that.
+            # iptables restore refers to rules of the builtin chains around its jumps),
+            # and trimming optional rules is no answer to that.
             g0 = backend.generation()
             live = backend.read()
-        try:
-            return self._commit_diff(backend, live, desired, scope, dry_run, report, g0,
-                                     prefix)
-        except RollbackIncomplete:
-            raise                               # no baseline for another attempt
-        except BackendError as e:
-            refused = e
+            refused = None
+        if refused is None:
+            try:
+                return self._commit_diff(backend, live, desired, scope, dry_run, report, g0,
+                                         prefix)
+            except RollbackIncomplete:
+                raise                           # no baseline for another attempt
+            except BackendError as e:
+                refused = e
         eff = backend.effective(desired) if desired is not None else None
         if eff is None or not any(r.optional for r in eff.rules):
             raise refused

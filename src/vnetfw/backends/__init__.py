@@ -82,6 +82,11 @@ class ChangeSet:
 
 class Backend:
     name: str = "?"
+    # Does a load refer to rules that others write too, so that a writer busy meanwhile
+    # can make it fail for the moment? (iptables: jumps go among the builtin chains'
+    # rules. nftables: vnetfw's own table, one transaction, refers to nothing else.) The
+    # engine then commits a refused load into a vacant firewall once more the ordinary way.
+    shares_chains: bool = False
 
     def __init__(self, runner: Runner) -> None:
         self.runner = runner
