@@ -24,6 +24,23 @@ LIBVIRT = Path(__file__).resolve().parent.parent / "fixtures" / "libvirt"
 CASES = sorted(p.stem for p in LIBVIRT.glob("*.xml"))
 
 
+class SaveRunner(Runner):
+    """``iptables-save`` prints ``save``; every restore's input is kept in ``restored`` (one
+    starting with ``refuse`` fails, as a refused restore would)."""
+
+    def __init__(self, save: str, refuse: str | None = None) -> None:
+        super().__init__(None)
+        self.save, self.refuse, self.restored = save, refuse, []
+
+    def run(self, argv, stdin=None, *, check=True):
+        if argv[0].endswith("-save"):
+            return self.save
+        self.restored.append(stdin)
+        if self.refuse is not None and stdin.startswith(self.refuse):
+            raise BackendError("iptables-restore failed: chain in use")
+        return ""
+
+
 def R(chain="FWI", verdict="ACCEPT", family=4, table="filter", network="net1", **kw) -> Rule:
     return Rule(family=family, table=table, chain=chain, network=network, verdict=verdict, **kw)
 
@@ -390,21 +407,11 @@ def test_undo_of_appends_deletes_by_rule_spec_and_reports_a_partial_table():
     a2 = '-o br-x -m comment --comment "vnetfw:x" -j REJECT --reject-with icmp-port-unreachable'
     a3 = '-s 10.9.0.0/24 -m comment --comment "vnetfw:x" -j RETURN'
 
-    class Fake(Runner):
-        def __init__(self):
-            super().__init__(None)
-            self.restored = []
-
-        def run(self, argv, stdin=None, *, check=True):
-            if argv[0].endswith("-save"):       # filter has both, mangle one of two, nat none
-                return ("*filter\n:VNETFW_FWO - [0:0]\n:VNETFW_FWI - [0:0]\n"
+    # filter has both, mangle one of two, nat none
+    runner = SaveRunner("*filter\n:VNETFW_FWO - [0:0]\n:VNETFW_FWI - [0:0]\n"
                         f"-A VNETFW_FWO -i other -j ACCEPT\n-A VNETFW_FWO {a1}\n"
                         f"-A VNETFW_FWI {a2}\nCOMMIT\n*nat\n:VNETFW_PRT - [0:0]\nCOMMIT\n"
                         f"*mangle\n:VNETFW_PRT - [0:0]\n-A VNETFW_PRT {a3}\nCOMMIT\n")
-            self.restored.append(stdin)
-            return ""
-
-    runner = Fake()
     be = IptablesBackend(runner, flavour="iptables-legacy")
     cs = ChangeSet([], {4: {
         "filter": TableEdit(lines=[f"-A VNETFW_FWO {a1}", f"-A VNETFW_FWI {a2}"]),
@@ -446,25 +453,13 @@ def test_undo_of_a_vacant_load_deletes_only_ours_table_by_table():
     cannot be cleaned is reported and the others are still cleaned."""
     jump = '-m comment --comment vnetfw -j VNETFW_FWX'
 
-    class Fake(Runner):
-        def __init__(self):
-            super().__init__(None)
-            self.restored = []
-
-        def run(self, argv, stdin=None, *, check=True):
-            if argv[0].endswith("-save"):
-                return ("*filter\n:FORWARD ACCEPT [0:0]\n:VNETFW_FWX - [0:0]\n:ADMIN - [0:0]\n"
+    runner = SaveRunner("*filter\n:FORWARD ACCEPT [0:0]\n:VNETFW_FWX - [0:0]\n:ADMIN - [0:0]\n"
                         f"-A FORWARD {jump}\n-A FORWARD -i eth0 -j ADMIN\n-A FORWARD {jump}\n"
                         "-A FORWARD -j VNETFW_FWX\n-A FORWARD -s 10.0.0.0/8 -j VNETFW_FWX\n"
                         "-A VNETFW_FWX -i br0 -j ACCEPT\nCOMMIT\n"
                         "*nat\n:POSTROUTING ACCEPT [0:0]\n:VNETFW_PRT - [0:0]\n"
-                        "-A POSTROUTING -m comment --comment vnetfw -j VNETFW_PRT\nCOMMIT\n")
-            self.restored.append(stdin)
-            if stdin.startswith("*filter"):
-                raise BackendError("iptables-restore failed: chain in use")
-            return ""
-
-    runner = Fake()
+                        "-A POSTROUTING -m comment --comment vnetfw -j VNETFW_PRT\nCOMMIT\n",
+                        refuse="*filter")
     problems = IptablesBackend(runner, flavour="iptables-nft")._undo_fresh("VNETFW", [4])
     assert problems == ["ipv4 filter: iptables-restore failed: chain in use"]
     assert runner.restored == [
