@@ -144,11 +144,11 @@ class Workspace:
         self.root = root / f"{set_name}-{n}"
         self.defs = netdefs.xmls(set_name, n)
         self.dir = netdefs.write_dir(self.root / "defs", self.defs)
-        self.nets = netdefs.load(self.defs)
+        self.nets = netdefs.load(self.defs, self.dir)
         name, xml = netdefs.extra_xml(n)
         self.extra_name = name
         self.extra_file = netdefs.write_dir(self.root / "extra", {name: xml}) / f"{name}.xml"
-        self.extra_net = netdefs.load({name: xml})[0]
+        self.extra_net = netdefs.load({name: xml}, self.extra_file.parent)[0]
         self.hooks = self.root / "no-hooks"
         self.hooks.mkdir(exist_ok=True)
         self._k = 0

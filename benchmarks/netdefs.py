@@ -98,8 +98,12 @@ def write_dir(d: Path, defs: dict[str, str]) -> Path:
     return d
 
 
-def load(defs: dict[str, str]):
-    """Parse definitions in-process (the library row is given already-loaded networks)."""
+def load(defs: dict[str, str], folder: Path | None = None):
+    """Parse definitions in-process (the library row is given already-loaded networks).
+    ``folder``: where ``write_dir`` put them, so that each network's source is the path the
+    CLI reads it from (a network whose source differs is a changed network to the engine:
+    a library re-apply after a CLI apply would re-plan them all)."""
     from vnetfw.model import validate_together
     from vnetfw.sources.libvirt_xml import parse_network_xml
-    return list(validate_together(parse_network_xml(t, f"{n}.xml") for n, t in defs.items()))
+    where = (lambda n: str(folder / f"{n}.xml")) if folder is not None else (lambda n: f"{n}.xml")
+    return list(validate_together(parse_network_xml(t, where(n)) for n, t in defs.items()))
