@@ -51,3 +51,26 @@ def test_an_unknown_network_in_remove_lists_a_few_active_ones(tmp_path):
     msg = str(e.value)
     assert "not active: nope" in msg and "n000, n001" in msg and "42 more" in msg
     assert "n049" not in msg
+
+
+def test_a_network_is_written_back_as_read_only_while_it_is_the_same_object(tmp_path):
+    """Saving reuses a network's dict as read from the file (no to_dict for 1,000 networks)
+    only while the state still holds the very object made of it: a changed network, one
+    that replaced it, or a new one is written from its own values."""
+    import dataclasses
+
+    from vnetfw.model import IPBlock, Mode, Network, parse_ip
+    store = StateStore(tmp_path)
+    nets = {n: Network(n, Mode.NAT, f"br-{n}", ips=(IPBlock(parse_ip(f"10.0.{i}.1"), 24),))
+            for i, n in enumerate(("a", "b", "c"))}
+    store.save(State("nftables", "default", "VNETFW", dict(nets)))
+    st = store.load()
+    assert set(st.loaded) == {"a", "b", "c"}
+    st.networks["b"] = dataclasses.replace(st.networks["b"], bridge="br-new")     # changed
+    st.networks["d"] = Network("d", Mode.ROUTE, "br-d")                            # new
+    del st.networks["c"]                                                           # gone
+    store.save(st)
+    again = store.load()
+    assert sorted(again.networks) == ["a", "b", "d"]
+    assert again.networks["b"].bridge == "br-new" and again.networks["d"].mode is Mode.ROUTE
+    assert again.networks["a"] == nets["a"]
