@@ -467,3 +467,21 @@ def test_undo_of_a_vacant_load_deletes_only_ours_table_by_table():
         "-F VNETFW_FWX\n-X VNETFW_FWX\nCOMMIT\n",
         "*nat\n-D POSTROUTING -m comment --comment vnetfw -j VNETFW_PRT\n"
         "-F VNETFW_PRT\n-X VNETFW_PRT\nCOMMIT\n"]
+
+
+def test_an_undo_interrupted_again_is_reported_not_lost():
+    """Ctrl-C a second time while a failed vacant load is being undone: the undo stops,
+    and what it means comes back as a problem (the caller raises RollbackIncomplete with
+    it) instead of a bare KeyboardInterrupt that hides the half-undone firewall."""
+
+    class Interrupted(SaveRunner):
+        def run(self, argv, stdin=None, *, check=True):
+            if not argv[0].endswith("-save"):
+                raise KeyboardInterrupt
+            return super().run(argv, stdin, check=check)
+
+    runner = Interrupted("*filter\n:FORWARD ACCEPT [0:0]\n:VNETFW_FWX - [0:0]\n"
+                         "-A FORWARD -m comment --comment vnetfw -j VNETFW_FWX\nCOMMIT\n")
+    problems = IptablesBackend(runner, flavour="iptables-nft")._undo_fresh("VNETFW", [4, 6])
+    assert problems == ["undo interrupted (KeyboardInterrupt): vnetfw's chains may be left; "
+                        "'vnetfw teardown' takes them out"]

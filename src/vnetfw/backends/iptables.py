@@ -938,21 +938,26 @@ class IptablesBackend(Backend):
         Returns the problems (empty: all gone). Tables and builtin chains that the load
         created stay, empty (as with iptables-legacy, which cannot unload them)."""
         problems = []
-        for fam in families:
-            try:
-                dumps = parse_save(self.runner.run([self._cmd[fam][0]]))
-            except BackendError as e:
-                problems.append(f"ipv{fam}: {e}")
-                continue
-            for table in TABLES:
-                ed = self._teardown_table(dumps.get(table, TableDump()), prefix, fam, table, [])
-                if ed.empty:
-                    continue
+        try:
+            for fam in families:
                 try:
-                    self.runner.run([self._cmd[fam][1], "-w", "--noflush"],
-                                    stdin=ed.script(table))
+                    dumps = parse_save(self.runner.run([self._cmd[fam][0]]))
                 except BackendError as e:
-                    problems.append(f"ipv{fam} {table}: {e}")
+                    problems.append(f"ipv{fam}: {e}")
+                    continue
+                for table in TABLES:
+                    ed = self._teardown_table(dumps.get(table, TableDump()), prefix, fam,
+                                              table, [])
+                    if ed.empty:
+                        continue
+                    try:
+                        self.runner.run([self._cmd[fam][1], "-w", "--noflush"],
+                                        stdin=ed.script(table))
+                    except BackendError as e:
+                        problems.append(f"ipv{fam} {table}: {e}")
+        except BaseException as e:      # Ctrl-C again while undoing: say what it means
+            problems.append(f"undo interrupted ({type(e).__name__}): vnetfw's chains may "
+                            "be left; 'vnetfw teardown' takes them out")
         return problems
 
     def _undo_appends(self, changes: ChangeSet, families: list[Family]) -> list[str]:
