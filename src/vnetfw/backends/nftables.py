@@ -52,7 +52,7 @@ from .nft_layout import (ADMIN_CHAINS, BASE_BY_NAME, BASE_CHAINS, admin_chain, M
                          STAGE_BY_SUFFIX, STAGES, Stage, is_vnetfw_table, parse_chain_name,
                          table_name)
 from .nft_rules import Foreign, ifname_text, parse_rule, render_rule, rule_text
-from .runner import FEED_PATH, CommandFailed, Runner
+from .runner import FEED_PATH, CommandFailed, Runner, complaint
 
 __all__ = ["NftablesBackend", "NftLive", "LiveTable", "parse_listing", "table_name"]
 
@@ -743,13 +743,11 @@ class NftablesBackend(Backend):
         return ChangeSet(changes, "".join(text))
 
     def _refused(self, e: CommandFailed) -> BackendError:
-        detail = "; ".join(line.strip() for line in e.stderr.splitlines()
-                           if line.strip() and not set(line.strip()) <= set("^~"))[:600]
         # The engine does not probe a backend named explicitly (an 'nft -c' process on
         # every first apply); when the kernel refuses, the probe says what it lacks.
         why = self.available()
         return BackendError(f"nftables: the transaction was refused and nothing was "
-                            f"changed: {detail or e}"
+                            f"changed: {complaint(e.stderr) or e}"
                             + (f"; nftables is not usable here: {why}" if why else ""))
 
 
