@@ -1,0 +1,28 @@
+"""Start-up cost is kept down by importing late: `vnetfw --help` does not import the engine,
+and a command's hot modules do not pull in the standard-library modules only a rare path
+needs (difflib: a changed chain; tempfile: a Python without memfd_create; shutil: looking
+for a tool). Checked in a fresh interpreter, where nothing else has imported them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+HOT = ("vnetfw.engine", "vnetfw.backends.iptables", "vnetfw.backends.nftables",
+       "vnetfw.backends.xtfp", "vnetfw.backends.nfgen", "vnetfw.sources", "vnetfw.state")
+
+
+def _loaded_after(imports: tuple[str, ...], watch: tuple[str, ...]) -> list[str]:
+    code = (f"import sys\nfor m in {imports!r}: __import__(m)\n"
+            f"print(' '.join(m for m in {watch!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    return out.split()
+
+
+def test_the_cli_module_imports_no_engine():
+    assert _loaded_after(("vnetfw.cli",), ("vnetfw.engine", "vnetfw.plan")) == []
+
+
+def test_hot_modules_leave_rare_stdlib_modules_alone():
+    assert _loaded_after(HOT, ("difflib", "tempfile", "shutil")) == []
