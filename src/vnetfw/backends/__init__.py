@@ -167,7 +167,7 @@ class Backend:
             return None                 # nothing to count from: not worth a read
         after = self.generation()
         n = self.transactions(changes)
-        if before is None or after is None or n is None or after[1:] != before[1:] \
+        if after is None or n is None or after[1:] != before[1:] \
                 or after.id - before.id != n:
             return None
         return after

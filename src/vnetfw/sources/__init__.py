@@ -56,10 +56,7 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
 
 def load_paths(paths: Iterable[str | Path]) -> tuple[Network, ...]:
     """Load and validate every definition under ``paths``; sorted by network name."""
-    nets: list[Network] = []
-    for f in expand_paths(paths):
-        nets.extend(load_file(f))
-    return validate_together(nets)
+    return validate_together(read_paths(paths))
 
 
 def read_paths(paths: Iterable[str | Path]) -> Iterator[Network]:
