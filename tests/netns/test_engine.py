@@ -226,6 +226,83 @@ def test_failed_apply_leaves_ruleset_byte_identical(netns, flavour, fail_family,
     assert [n.name for n in eng.list_networks()] == ["routed"]
 
 
+def _broken_second_table(real_script, fam: int, meanwhile=lambda: None):
+    """``IptablesBackend.script`` whose ``fam`` script fails in its second table (the first
+    commits), after running ``meanwhile`` (called right before the restore)."""
+    def script(self, changes, family):
+        text = real_script(self, changes, family)
+        if family != fam or not text:
+            return text
+        meanwhile()
+        parts = text.split("COMMIT\n")
+        parts[1] += "-A VNETFW_PRT -j NO_SUCH_TARGET\n"
+        return "COMMIT\n".join(parts)
+    return script
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_failed_change_is_undone_where_it_wrote_and_nowhere_else(netns, flavour, tmp_path,
+                                                                 monkeypatch):
+    """A change to a firewall that already holds vnetfw's chains fails after its filter
+    table committed. The undo reverses what it wrote there, not the whole table back to the
+    snapshot it was diffed against: rules someone inserted meanwhile (in the committed
+    table and in the failed one) survive, and so do counters that traffic moved meanwhile;
+    everything else is as it was."""
+    admin_rules(netns, flavour)
+    cmd = "iptables" + flavour.removeprefix("iptables")
+    nsrun(netns, cmd, "-I", "OUTPUT", "-o", "lo", "-j", "ACCEPT")
+    nsrun(netns, "ip", "link", "set", "lo", "up")
+    engine(netns, flavour, tmp_path).apply([n for n in NETS if n.name == "routed"])
+    before = save(netns, flavour)
+    b = IptablesBackend(eng_runner(netns), flavour=flavour)
+    live = b.read()
+    cs = b.changes(live, plan(NETS, PROFILES["default"]), "full")
+
+    def meanwhile():
+        nsrun(netns, cmd, "-I", "FORWARD", "1", "-s", "198.51.100.7", "-j", "DROP")
+        nsrun(netns, cmd, "-t", "nat", "-A", "POSTROUTING", "-o", "eth7", "-j", "RETURN")
+        nsrun(netns, sys.executable, "-c", "import socket; socket.socket(socket.AF_INET, "
+              "socket.SOCK_DGRAM).sendto(b'x', ('127.0.0.1', 9))")
+    monkeypatch.setattr(IptablesBackend, "script",
+                        _broken_second_table(IptablesBackend.script, 4, meanwhile))
+    with pytest.raises(BackendError, match="rolled back") as err:
+        b.commit(live, cs)
+    assert not isinstance(err.value, RollbackIncomplete)
+    after = save(netns, flavour)
+    theirs = ["-A FORWARD -s 198.51.100.7/32 -j DROP", "-A POSTROUTING -o eth7 -j RETURN"]
+    assert all(line in after.splitlines() for line in theirs), after
+    policy_counts = re.compile(r"^(:\S+ \S+) \[\d+:\d+\]$", re.M)   # legacy prints them
+    assert policy_counts.sub(r"\1", "".join(l + "\n" for l in after.splitlines()
+                                            if l not in theirs)) == policy_counts.sub(r"\1", before)
+    counted = nsrun(netns, f"{cmd}-save", "-c", "-t", "filter")
+    packets = re.search(r"^\[(\d+):\d+\] -A OUTPUT -o lo -j ACCEPT$", counted, re.M)
+    assert packets and int(packets[1]) > 0, counted
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_interrupted_change_is_undone(netns, flavour, tmp_path, monkeypatch):
+    """Ctrl-C after the IPv4 restore committed, before IPv6's: IPv4 is undone and the
+    interrupt goes on up; the firewall is as it was."""
+    from vnetfw.backends.runner import Runner
+    admin_rules(netns, flavour)
+    engine(netns, flavour, tmp_path).apply([n for n in NETS if n.name == "routed"])
+    before = save(netns, flavour)
+    b = IptablesBackend(eng_runner(netns), flavour=flavour)
+    live = b.read()
+    cs = b.changes(live, plan(NETS, PROFILES["default"]), "full")
+    real_run = Runner.run
+
+    def run(self, argv, stdin=None, **kw):
+        if argv[0].startswith("ip6tables") and argv[0].endswith("-restore") \
+                and "-c" not in argv:
+            raise KeyboardInterrupt
+        return real_run(self, argv, stdin, **kw)
+    monkeypatch.setattr(Runner, "run", run)
+    with pytest.raises(KeyboardInterrupt):
+        b.commit(live, cs)
+    assert save(netns, flavour) == before
+
+
 @pytest.mark.parametrize("flavour", FLAVOURS)
 def test_setup_keeps_admin_rule_above_jumps(netns, flavour, tmp_path):
     mid = flavour.removeprefix("iptables")

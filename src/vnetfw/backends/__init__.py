@@ -2,14 +2,16 @@
 
 Every backend offers the same small contract, so the engine never knows which one it drives:
 
-- ``read() -> Live``: one snapshot of the live state that concerns vnetfw (enough to restore
-  it exactly, and to diff against a desired ruleset).
+- ``read() -> Live``: one snapshot of the live state that concerns vnetfw (enough to diff
+  against a desired ruleset, and to undo a change computed from it).
 - ``changes(live, desired, scope) -> ChangeSet``: pure; what must change to get from ``live``
   to ``desired``. ``scope`` is ``"setup"`` (chains/tables and jumps only), ``"full"`` (setup
   plus every rule) or ``"teardown"`` (remove all vnetfw owns). An empty ChangeSet means the
   live state already is the desired one.
-- ``commit(live, changes)``: apply atomically. Either everything lands or the live state is
-  left as ``live`` was (the backend restores its snapshot); raises ``BackendError``.
+- ``commit(live, changes)``: apply atomically. Either everything lands or what the change
+  wrote is undone, so the live state is as ``live`` was, apart from what others wrote
+  meanwhile (nftables: one transaction; iptables: its undo, ``ipt_undo``); raises
+  ``BackendError``, or ``RollbackIncomplete`` if the undo itself failed.
 - ``render(desired, family)``: pure; the text ``commit`` would load on an empty system.
 - ``live_ruleset(live, prefix) -> Ruleset``: the live state parsed back into the
   backend-neutral type; compare it with ``effective(desired)``.

@@ -8,9 +8,10 @@ networks (``_Fresh``).
 
 Netfilter facts this module is built around:
 - iptables-restore is atomic per table (each ``COMMIT``), not per file: a failure in the
-  second table leaves the first committed. So ``commit`` keeps the ``iptables-save -c`` text
-  of every table it touches and, on any failure, restores those tables whole (without
-  --noflush, which replaces exactly the tables named in the input, counters included).
+  second table leaves the first committed. So on any failure ``commit`` reads the tables
+  again and reverses what its edit wrote there (``ipt_undo``), by text in the builtin
+  chains. (Restoring the tables whole from the text it diffed against would also undo what
+  others wrote since, and reset counters.)
 - With --noflush, declaring an *existing* user chain (``:CHAIN - [0:0]``) flushes it. Chains
   are therefore declared only when missing; rules in our chains change by index (``-D CHAIN
   n``, ``-I CHAIN n rule``), so an update costs what changed, not what exists.
@@ -791,8 +792,8 @@ class IptablesBackend(Backend):
 
     # -- writing ------------------------------------------------------------------------
     def commit(self, live: IptLive, changes: ChangeSet) -> None:
-        """Load each family's script in one restore; on any failure restore every touched
-        table from ``live`` and raise."""
+        """Load each family's script in one restore; on any failure, an interrupt included,
+        undo what it committed (``_rollback``) and raise."""
         done: list[Family] = []
         if self.nf_tables is False:     # x_tables: see generation_after
             self._pre_commit = self._fingerprint()
@@ -810,6 +811,13 @@ class IptablesBackend(Backend):
                 raise RollbackIncomplete(msg + "; ROLLBACK INCOMPLETE: "
                                          + "; ".join(problems)) from e
             raise BackendError(msg) from e
+        except BaseException as e:
+            # Ctrl-C: the restore (killed with us) may have committed its first tables.
+            problems = self._rollback(live, changes, done)
+            if problems:
+                raise RollbackIncomplete(f"{self.name}: interrupted and rolled back; "
+                                         "ROLLBACK INCOMPLETE: " + "; ".join(problems)) from e
+            raise
 
     def vacant(self, live: IptLive, prefix: str) -> bool:
         """No chain of ours (so no jump to one either: iptables refuses a jump to a chain
@@ -907,23 +915,37 @@ class IptablesBackend(Backend):
         return cs
 
     def _rollback(self, live: IptLive, changes: ChangeSet, families: list[Family]) -> list[str]:
+        """Undo a failed ``commit`` in ``families`` (those whose restore started). Reads each
+        family again and reverses exactly what the change wrote, as far as it is there
+        (``ipt_undo``): a rule someone else added or deleted since ``live`` was read stays
+        so, and counters stay as traffic moved them. One restore per table, so that a table
+        that cannot be put back leaves the others put back. Returns the problems (empty:
+        all undone)."""
         if live.assumed:
             return self._undo_appends(changes, families)
+        from .ipt_undo import undo_table
         problems = []
-        for fam in families:
-            parts = []
-            for table in changes.payload.get(fam, {}):
-                dump = live.tables[fam].get(table)
-                if dump is not None:
-                    parts.append(dump.text)
-                else:   # the table did not exist: leave it empty (legacy cannot unload it)
-                    parts.append("\n".join([f"*{table}"] +
-                                           [f":{b} ACCEPT [0:0]" for b in BUILTINS[table]] +
-                                           ["COMMIT"]) + "\n")
-            try:
-                self.runner.run([self._cmd[fam][1], "-w", "-c"], stdin="".join(parts))
-            except BackendError as e:
-                problems.append(f"ipv{fam}: {e}")
+        try:
+            for fam in families:
+                try:
+                    now = parse_save(self.runner.run([self._cmd[fam][0], "-c"]))
+                except BackendError as e:
+                    problems.append(f"ipv{fam}: {e}")
+                    continue
+                for table, ed in changes.payload.get(fam, {}).items():
+                    undo = undo_table(live.tables[fam].get(table, TableDump()),
+                                      now.get(table, TableDump()), ed, BUILTINS[table])
+                    if undo.empty:
+                        continue        # not committed (or nothing of it is left)
+                    try:
+                        self.runner.run([self._cmd[fam][1], "-w", "-c", "--noflush"],
+                                        stdin=undo.script(table))
+                    except BackendError as e:
+                        problems.append(f"ipv{fam} {table}: {e}")
+        except BaseException as e:      # Ctrl-C while undoing: say what it means
+            problems.append(f"undo interrupted ({type(e).__name__}): the firewall may hold "
+                            "part of the change; 'vnetfw check' shows it, 'vnetfw reload' "
+                            "repairs it")
         return problems
 
     def _undo_fresh(self, prefix: str, families: list[Family]) -> list[str]:
