@@ -94,7 +94,7 @@ class FoldingBackend(Backend):
         return edits_changeset(ed, f, cs)
 
     def commit(self, live, changes: ChangeSet) -> None:
-        self.inner.commit(live, changes)      # rollback restores from the real ``live``
+        self.inner.commit(live, changes)      # its undo works from the real ``live``
 
 
 class MigrationEngine(Engine):

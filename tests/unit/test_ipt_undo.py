@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import shlex
 
-from vnetfw.backends.iptables import BUILTINS, TableDump, TableEdit, _jump_args, _jump_edits
+from vnetfw.backends.iptables import TableDump, TableEdit, _jump_args, _jump_edits
 from vnetfw.backends.ipt_undo import counters, undo_table
 
 OURS = ["VNETFW_FWX", "VNETFW_FWI", "VNETFW_FWO"]
@@ -52,62 +52,105 @@ def dump(chains: dict[str, list[str]]) -> TableDump:
     return TableDump("", {}, {c: list(r) for c, r in chains.items()})
 
 
+def undo(before: dict, now: dict, edit: TableEdit, text: str = "", now_text: str = ""):
+    return undo_table(TableDump(text, {}, before), TableDump(now_text, {}, now), edit)
+
+
 def test_an_edit_that_did_not_commit_needs_no_undo():
     before = {"FORWARD": ["-i eth9 -j ACCEPT"], "VNETFW_FWX": []}
     edit = TableEdit(["VNETFW_FWI"], ["-A VNETFW_FWX -i vbr0 -o vbr0 -j ACCEPT",
                                       "-I FORWARD 1 -j VNETFW_FWI"])
-    assert undo_table(dump(before), dump(before), edit, BUILTINS["filter"]).empty
+    assert undo(before, before, edit).empty
 
 
 def test_a_table_that_did_not_exist_is_emptied_of_ours():
     edit = TableEdit(["VNETFW_PRT"], ["-A VNETFW_PRT -s 10.0.0.0/24 -j MASQUERADE",
                                       '-I POSTROUTING 1 -m comment --comment "vnetfw" '
                                       "-j VNETFW_PRT"])
-    now = play({"PREROUTING": [], "INPUT": [], "OUTPUT": [], "POSTROUTING": []}, edit)
-    undo = undo_table(TableDump(), dump(now), edit, BUILTINS["nat"])
-    assert play(now, undo) == {"PREROUTING": [], "INPUT": [], "OUTPUT": [], "POSTROUTING": []}
+    empty = {"PREROUTING": [], "INPUT": [], "OUTPUT": [], "POSTROUTING": []}
+    now = play(empty, edit)
+    assert play(now, undo({}, now, edit)) == empty
 
 
-def test_counters_of_rules_put_back_are_theirs():
+def test_only_the_edits_rules_move_and_counters_stay():
+    """An appended rule is deleted, nothing else in the chain is rewritten (its rules keep
+    the counters traffic gave them since); a deleted rule comes back with its counters."""
     text = ("*filter\n:FORWARD ACCEPT [0:0]\n:VNETFW_FWX - [0:0]\n"
             "[5:300] -A FORWARD -j VNETFW_FWX\n[7:420] -A VNETFW_FWX -i a -o a -j ACCEPT\n"
-            "COMMIT\n")
-    assert counters(text) == {"FORWARD": ["[5:300] "], "VNETFW_FWX": ["[7:420] "]}
-    before = TableDump(text, {}, {"FORWARD": ["-j VNETFW_FWX"],
-                                  "VNETFW_FWX": ["-i a -o a -j ACCEPT"]})
-    edit = TableEdit([], ["-D FORWARD -j VNETFW_FWX", "-D VNETFW_FWX 1"])
-    now = play(before.chains, edit)
-    undo = undo_table(before, dump(now), edit, BUILTINS["filter"])
-    assert undo.lines == ["-F VNETFW_FWX", "[7:420] -A VNETFW_FWX -i a -o a -j ACCEPT",
-                          "[5:300] -I FORWARD 1 -j VNETFW_FWX"]
+            "[9:540] -A VNETFW_FWX -i b -o b -j ACCEPT\nCOMMIT\n")
+    assert counters(text) == {"FORWARD": ["[5:300] "],
+                              "VNETFW_FWX": ["[7:420] ", "[9:540] "]}
+    before = {"FORWARD": ["-j VNETFW_FWX"],
+              "VNETFW_FWX": ["-i a -o a -j ACCEPT", "-i b -o b -j ACCEPT"]}
+    edit = TableEdit([], ["-A VNETFW_FWX -i c -o c -j ACCEPT", "-D VNETFW_FWX 1",
+                          "-D FORWARD -j VNETFW_FWX"])
+    now = play(before, edit)
+    lines = undo(before, now, edit, text).lines
+    assert lines[0] == "-D VNETFW_FWX -i c -o c -j ACCEPT"
+    assert sorted(lines[1:]) == ["[5:300] -I FORWARD 1 -j VNETFW_FWX",
+                                 "[7:420] -I VNETFW_FWX 1 -i a -o a -j ACCEPT"]
 
 
-def test_a_duplicate_that_must_stay_goes_back_where_it_was():
+def test_a_duplicate_that_must_stay_goes_back_where_it_was_with_its_counters():
     """The edit appended a second copy of a rule that stood above a foreign one: deleting
     'the' copy by its text would take the first, moving the survivor below the foreign
-    rule. All copies go, the one from before comes back in its place."""
+    rule. All copies go, the one from before comes back in its place, counted as now."""
     before = {"FORWARD": ["-j VNETFW_FWX", "-j DROP"], "VNETFW_FWX": []}
     edit = TableEdit([], ["-A FORWARD -j VNETFW_FWX"])
     now = play(before, edit)
-    assert play(now, undo_table(dump(before), dump(now), edit, BUILTINS["filter"])) == before
+    u = undo(before, now, edit, "", "[3:9] -A FORWARD -j VNETFW_FWX\n-A FORWARD -j DROP\n"
+             "-A FORWARD -j VNETFW_FWX\n")
+    assert play(now, u) == before
+    assert "[3:9] -I FORWARD 1 -j VNETFW_FWX" in u.lines
+
+
+def test_libvirt_writing_its_chain_meanwhile_keeps_its_rule():
+    """migrate deletes a rule from a libvirt chain that stays; libvirtd adds one there
+    meanwhile: committed or not, libvirt's new rule stays."""
+    before = {"FORWARD": ["-j LIBVIRT_FWI"],
+              "LIBVIRT_FWI": ["-o virbr0 -j REJECT", "-o virbr1 -j REJECT"]}
+    edit = TableEdit([], ["-D LIBVIRT_FWI -o virbr0 -j REJECT"])
+    for committed in (False, True):
+        now = play(before, edit) if committed else {c: list(r) for c, r in before.items()}
+        now["LIBVIRT_FWI"].insert(0, "-o virbr2 -j REJECT")
+        u = undo(before, now, edit)
+        assert u.empty is not committed
+        assert play(now, u)["LIBVIRT_FWI"] == ["-o virbr2 -j REJECT", "-o virbr0 -j REJECT",
+                                               "-o virbr1 -j REJECT"]
+
+
+def test_another_writer_touching_the_same_rule_keeps_its_doing():
+    """The edit deletes a rule (R) that another writer also adds or deletes meanwhile: where
+    the edit did not commit, nothing is undone, so the other's copy or deletion stands;
+    where it did, R comes back in its place and the other's copy stays."""
+    r = "-i virbr0 -j REJECT"
+    before = {"FORWARD": ["-s 203.0.113.0/24 -j DROP", r]}
+    edit = TableEdit([], [f"-D FORWARD {r}"])
+    added = {"FORWARD": [r, "-s 203.0.113.0/24 -j DROP", r]}
+    assert undo(before, added, edit).empty                   # not committed, copy added
+    assert undo(before, {"FORWARD": ["-s 203.0.113.0/24 -j DROP"]}, edit).empty is False
+    committed = {"FORWARD": [r, "-s 203.0.113.0/24 -j DROP"]}   # and a copy added
+    assert play(committed, undo(before, committed, edit))["FORWARD"] == added["FORWARD"]
 
 
 def _random_case(rnd: random.Random):
     """A filter table as read, an edit like vnetfw's (migrate-style deletions of foreign
-    rules, a libvirt chain dropped, our chains rewritten, a new chain, jump repairs), and
-    whether it committed."""
+    rules, from FORWARD and from a libvirt chain that stays; a libvirt chain dropped; our
+    chains edited by position; a new chain; jump repairs), and whether it committed."""
     pool = FOREIGN + [_jump_args(t) for t in OURS] + [f"-j {t}" for t in OURS]
     fwd = [canon(rnd.choice(pool)) for _ in range(rnd.randint(0, 8))]
     admin = [r for r in FOREIGN if "LIBVIRT" not in r]
     before = {"INPUT": [canon(rnd.choice(admin)) for _ in range(rnd.randint(0, 3))],
               "FORWARD": fwd, "OUTPUT": [],
-              "LIBVIRT_FWX": ["-i virbr0 -o virbr0 -j ACCEPT"]}
+              "LIBVIRT_FWX": [f"-i virbr{k} -o virbr{k} -j ACCEPT"
+                              for k in range(rnd.randint(1, 3))],
+              "LIBVIRT_FWI": [f"-o virbr{k} -j REJECT" for k in range(rnd.randint(0, 3))]}
     for t in OURS:
         before[t] = [f"-i vbr{k} -j REJECT" for k in range(rnd.randint(0, 3))]
     lines = []
-    # migrate-style: some foreign rules deleted by their text, first
     doomed = [r for r in fwd if r in FOREIGN and rnd.random() < 0.3]
     lines += [f"-D FORWARD {r}" for r in doomed]
+    lines += [f"-D LIBVIRT_FWI {r}" for r in before["LIBVIRT_FWI"] if rnd.random() < 0.4]
     if rnd.random() < 0.3 and "-j LIBVIRT_FWX" not in doomed:
         lines += ["-D FORWARD -j LIBVIRT_FWX"] * fwd.count("-j LIBVIRT_FWX")
         lines += ["-F LIBVIRT_FWX", "-X LIBVIRT_FWX"]
@@ -115,7 +158,7 @@ def _random_case(rnd: random.Random):
     lines += _jump_edits(mid["FORWARD"], "FORWARD", OURS, 4, "filter", [])
     for t in OURS:
         if rnd.random() < 0.5:
-            lines += [f"-D {t} 1"] if before[t] else []
+            lines += [f"-D {t} {rnd.randint(1, len(before[t]))}"] if before[t] else []
             lines.append(f"-A {t} -i vbr9 -j REJECT")
     new = []
     if rnd.random() < 0.3:
@@ -126,18 +169,20 @@ def _random_case(rnd: random.Random):
 
 
 def test_random_failed_edits_are_undone_and_others_writes_stay():
-    """2,000 random tables and edits, committed or not, with someone else inserting and
-    deleting rules in the builtin chains after the snapshot: the undo leaves every chain
-    that is not builtin as it was read, and the builtin chains as they were read, plus what
-    the other writer inserted (in the same order) and minus what it deleted."""
+    """3,000 random tables and edits, committed or not, with someone else inserting and
+    deleting rules in the builtin chains and inserting into libvirt's after the snapshot:
+    where the edit did not commit nothing is undone; every chain ends as it was read, plus
+    what the other writer inserted (in the same order) and minus what it deleted."""
     rnd = random.Random(11)
-    for n in range(2000):
+    for n in range(3000):
         before, edit, committed = _random_case(rnd)
         now = play(before, edit) if committed else {c: list(r) for c, r in before.items()}
         theirs: list[str] = []
         gone: dict[str, list[str]] = {}
-        for chain in ("INPUT", "FORWARD"):
-            rules = now[chain]
+        for chain in ("INPUT", "FORWARD", "LIBVIRT_FWI"):
+            rules = now.get(chain)
+            if rules is None:
+                continue
             touched = {shlex.join(shlex.split(ln.split(" ", 2)[2])) for ln in edit.lines
                        if ln.split(" ", 2)[1] == chain and not ln.startswith("-I")}
             lone = [r for r in rules if rules.count(r) == 1 and before[chain].count(r) == 1
@@ -146,19 +191,17 @@ def test_random_failed_edits_are_undone_and_others_writes_stay():
                 rules.remove(victim := rnd.choice(lone))
                 gone.setdefault(chain, []).append(victim)
             if rnd.random() < 0.5:
-                theirs.append(f"-s 198.51.100.{n % 250}/32 -j DROP")
+                theirs.append(f"-s 198.51.100.{n % 250}/32 -m comment --comment {chain}-{n} "
+                              "-j DROP")
                 rules.insert(rnd.randint(0, len(rules)), theirs[-1])
-        undo = undo_table(dump(before), dump(now), edit, BUILTINS["filter"])
+        u = undo_table(dump(before), dump(now), edit)
         if not committed:
-            assert undo.empty, (before, edit, undo)
-        result = play(now, undo)
-        case = (before, edit.lines, now, undo.lines, result)
-        for chain, rules in before.items():
-            if chain in BUILTINS["filter"]:
-                assert [r for r in result[chain] if r not in theirs] == \
-                    [r for r in rules if r not in gone.get(chain, [])], case
-                assert [r for r in result[chain] if r in theirs] == \
-                    [r for r in now[chain] if r in theirs], case
-            else:
-                assert result.get(chain) == rules, case
+            assert u.empty, (before, edit, now, u)
+        result = play(now, u)
+        case = (before, edit.lines, now, u.lines, result)
         assert set(result) == set(before), case
+        for chain, rules in before.items():
+            assert [r for r in result[chain] if r not in theirs] == \
+                [r for r in rules if r not in gone.get(chain, [])], case
+            assert [r for r in result[chain] if r in theirs] == \
+                [r for r in now.get(chain, []) if r in theirs], case

@@ -106,3 +106,28 @@ def test_abort_kills_a_wrapper_and_what_it_started(tmp_path):
 ])
 def test_a_failure_says_what_the_tool_said(stderr, said):
     assert str(CommandFailed(["tool"], 4, stderr)) == f"tool failed: {said}"
+
+
+def test_an_interrupted_run_kills_and_reaps_the_command_before_the_interrupt_goes_on(tmp_path):
+    """Ctrl-C while a command runs: by the time the interrupt reaches the caller, the
+    command is gone, not merely signalled (the undo that follows reads the firewall and must
+    see whatever a killed restore's last system call did). subprocess.run leaves it for
+    later: its /proc entry would still be there."""
+    import os
+    import signal
+    pidfile = tmp_path / "pid"
+    code = (f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); "
+            "time.sleep(30)")
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+    old = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.7)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            Runner().run([PY, "-c", code])
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    pid = int(pidfile.read_text())
+    assert not os.path.exists(f"/proc/{pid}"), "the command was not waited for"

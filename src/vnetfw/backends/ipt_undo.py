@@ -4,33 +4,56 @@ iptables-restore commits table by table, so a change that fails half-way (its se
 or IPv6 after IPv4) leaves some tables committed. Restoring those tables whole from the
 snapshot vnetfw diffed against would put them back byte for byte, but it also throws away
 whatever anyone else wrote to them since that snapshot: a rule libvirt or Docker added while
-vnetfw planned and committed, and every counter traffic moved. So the undo is computed from
-three things: the table as vnetfw read it (``before``), the edit it tried (``edit``) and the
-table as it is now (``now``, read again after the failure), and touches only what the edit
-touched:
+vnetfw planned and committed, and every counter traffic moved. So the undo of one table is
+computed from the table as vnetfw read it (``before``), the edit it tried (``edit``) and the
+table as it is now (``now``, read again with counters after the failure):
 
-- Chains that are not builtin (vnetfw's own, or libvirt's that a migration deletes) are
-  written by the edit as a whole: each that differs from ``before`` gets ``before``'s rules
-  back, with their counters (or goes, if ``before`` had no such chain).
-- In the builtin chains, which others write too, only the rules the edit added, deleted or
-  moved are put back where ``before`` had them, relative to the other rules, which stay
-  where ``now`` has them: rules others added or deleted since stay so. The edit's own rules
-  are deleted by their text, never by a position (positions are resolved when the restore
-  commits, and someone's insert could shift ours onto their rule); a rule put back names
-  its position, which a writer at that very moment could shift: it would stand a place
-  off, and no other rule would be touched.
+1. The edit is played on ``before`` the way iptables-restore plays it: that gives the table
+   the edit meant (``meant``), each rule marked as ``before``'s (with its index) or the
+   edit's own.
+2. Did this table commit? It did if ``now``'s touched chains are fewer rules away from
+   ``meant``'s than from ``before``'s (lined up along a longest common subsequence).
+   Another writer's rules count alike on both sides. What the tables cannot tell apart is
+   not told apart: where the other writer made the very change the edit made, the undo
+   reverses it (the edit's own table is that much more than ``before``), and where it
+   reversed it, nothing is undone.
+3. If it did, in each chain the edit touched: the edit's own rules that ``now`` lines up with
+   ``meant`` are deleted, by their text (never by a position: positions are resolved when
+   the restore commits, and someone's insert could shift ours onto their rule); the rules
+   of ``before`` that the edit deleted go back right after the rule of ``before`` they
+   followed, with their counters. Chains the edit created go; chains it deleted come back
+   whole. Every other rule stays where ``now`` has it, with its counters: rules others
+   added or deleted since stay so, in vnetfw's chains, libvirt's and the builtin ones alike.
 
-Where the edit did not commit (its table's restore failed), ``now`` shows nothing of it and
-the undo is empty.
+Copies of one rule cannot be told apart by their text: where one copy of a rule goes and
+another stays, every copy is deleted and the staying ones are put back in their places, with
+their counters, in the same transaction. A rule put back names its position; a writer at
+that very moment can shift it (iptables-nft then refuses the undo, which is reported) or, on
+iptables-legacy, make it stand a place off; no other rule is touched either way.
 """
 
 from __future__ import annotations
 
 import shlex
+from bisect import bisect_left
+from difflib import SequenceMatcher
 from functools import lru_cache
-from typing import Iterable
+from typing import Sequence
 
 from .iptables import TableDump, TableEdit
+
+Key = tuple[str, ...]
+Item = tuple["int | None", str]     # (index in ``before``'s chain, or None: the edit's), text
+
+
+@lru_cache(maxsize=4096)
+def _key(text: str) -> Key:
+    """What iptables calls the same rule, as far as spelling goes: quotes are spelling
+    (vnetfw writes ``--comment "vnetfw"``, iptables-save prints ``--comment vnetfw``)."""
+    try:
+        return tuple(shlex.split(text))
+    except ValueError:
+        return (text,)
 
 
 def counters(text: str) -> dict[str, list[str]]:
@@ -58,44 +81,49 @@ def _split(line: str) -> tuple[str, str, int | None, str]:
     return op, chain, None, rest
 
 
-@lru_cache(maxsize=4096)
-def _key(text: str) -> tuple[str, ...]:
-    """What iptables calls the same rule, as far as spelling goes: quotes are spelling
-    (vnetfw writes ``--comment "vnetfw"``, iptables-save prints ``--comment vnetfw``)."""
-    try:
-        return tuple(shlex.split(text))
-    except ValueError:
-        return (text,)
+def play(chains: dict[str, list[str]], edit: TableEdit) -> dict[str, list[Item] | None]:
+    """The chains the edit names, after it, as iptables-restore --noflush plays it on
+    ``chains``: declaring a chain creates (or flushes) it, ``-D CHAIN rule`` takes the first
+    same rule, ``-D CHAIN n`` the n-th; a chain that ``-X`` deletes maps to None."""
+    out: dict[str, list[Item]] = {}
 
+    def chain_of(name: str) -> list[Item]:
+        if name not in out:
+            out[name] = list(enumerate(chains.get(name, [])))
+        return out[name]
 
-def _touched(rules: list[str], lines: Iterable[tuple[str, int | None, str]]
-             ) -> set[tuple[str, ...]]:
-    """The rules (keys) that the edit's lines for one chain add, delete or move, played the
-    way iptables-restore plays them on the chain as it was read (``-D CHAIN n`` names the
-    rule at that place then)."""
-    out = [_key(r) for r in rules]
-    keys: set[tuple[str, ...]] = set()
-    for op, num, args in lines:
-        if op == "-D" and num is not None:
-            if 0 < num <= len(out):
-                keys.add(out.pop(num - 1))
-            continue
-        key = _key(args)
-        keys.add(key)
-        if op == "-D":
-            if key in out:
-                out.remove(key)
+    for name in edit.new_chains:
+        out[name] = []
+    gone: set[str] = set()
+    for line in edit.lines:
+        op, name, num, args = _split(line)
+        rules = chain_of(name)
+        if op == "-A":
+            rules.append((None, args))
         elif op == "-I":
-            out.insert(0 if num is None else min(max(num - 1, 0), len(out)), key)
-        elif op == "-A":
-            out.append(key)
-    return keys
+            rules.insert(0 if num is None else min(max(num - 1, 0), len(rules)), (None, args))
+        elif op == "-D" and num is not None:
+            if 0 < num <= len(rules):
+                del rules[num - 1]
+        elif op == "-D":
+            key = _key(args)
+            at = next((i for i, (_, r) in enumerate(rules) if _key(r) == key), None)
+            if at is not None:
+                del rules[at]
+        elif op == "-F":
+            rules.clear()
+        elif op == "-X":
+            gone.add(name)
+    return {name: None if name in gone else rules for name, rules in out.items()}
 
 
-def _common(a: list, b: list) -> list[tuple[int, int]]:
-    """A longest common subsequence of ``a`` and ``b``, as index pairs. (Exact, unlike
-    difflib's, which may leave copies of a repeated rule unmatched. The common head and tail
-    are matched first, so the table is only as large as what differs.)"""
+def _common(a: Sequence, b: Sequence) -> list[tuple[int, int]]:
+    """A longest common subsequence of ``a`` and ``b``, as index pairs, ascending.
+
+    Exact where it is small (a table over what differs once the common head and tail are
+    matched). Large, as a chain of 1,000 networks can be, it is split at the elements that
+    occur once in each and line up (patience diff), and each gap solved the same way;
+    difflib's heuristic takes a large gap without such anchors."""
     head = 0
     while head < min(len(a), len(b)) and a[head] == b[head]:
         head += 1
@@ -103,118 +131,178 @@ def _common(a: list, b: list) -> list[tuple[int, int]]:
     while tail < min(len(a), len(b)) - head and a[-1 - tail] == b[-1 - tail]:
         tail += 1
     ma, mb = a[head:len(a) - tail], b[head:len(b) - tail]
-    # lengths[x][y]: LCS length of ma[x:] and mb[y:]
-    lengths = [[0] * (len(mb) + 1) for _ in range(len(ma) + 1)]
-    for x in range(len(ma) - 1, -1, -1):
-        row, below = lengths[x], lengths[x + 1]
-        for y in range(len(mb) - 1, -1, -1):
-            row[y] = below[y + 1] + 1 if ma[x] == mb[y] else max(below[y], row[y + 1])
     pairs = [(k, k) for k in range(head)]
-    x = y = 0
-    while x < len(ma) and y < len(mb):
-        if ma[x] == mb[y]:
-            pairs.append((head + x, head + y))
-            x, y = x + 1, y + 1
-        elif lengths[x + 1][y] >= lengths[x][y + 1]:
-            x += 1
-        else:
-            y += 1
+    pairs += [(head + x, head + y) for x, y in _middle(ma, mb)]
     return pairs + [(len(a) - tail + k, len(b) - tail + k) for k in range(tail)]
 
 
-def _builtin_undo(chain: str, before: list[str], now: list[str],
-                  touched: set[tuple[str, ...]], counted: list[str]) -> list[str]:
-    """Lines that give, in a builtin chain, the rules the edit added, deleted or moved
-    (``touched``) back the places ``before`` had them, leaving every other rule where
-    ``now`` has it.
+def _middle(a: Sequence, b: Sequence) -> list[tuple[int, int]]:
+    if not a or not b:
+        return []
+    if len(a) * len(b) <= 250_000:
+        # lengths[x][y]: the length of a longest common subsequence of a[x:] and b[y:]
+        lengths = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+        for x in range(len(a) - 1, -1, -1):
+            row, below = lengths[x], lengths[x + 1]
+            for y in range(len(b) - 1, -1, -1):
+                row[y] = below[y + 1] + 1 if a[x] == b[y] else max(below[y], row[y + 1])
+        out, x, y = [], 0, 0
+        while x < len(a) and y < len(b):
+            if a[x] == b[y]:
+                out.append((x, y))
+                x, y = x + 1, y + 1
+            elif lengths[x + 1][y] >= lengths[x][y + 1]:
+                x += 1
+            else:
+                y += 1
+        return out
+    anchors = _unique_anchors(a, b)
+    if not anchors:
+        return [(x + k, y + k) for x, y, n in
+                SequenceMatcher(None, a, b, autojunk=False).get_matching_blocks()
+                for k in range(n)]
+    out = []
+    last = (-1, -1)
+    for x, y in anchors + [(len(a), len(b))]:
+        out += [(last[0] + 1 + p, last[1] + 1 + q)
+                for p, q in _common(a[last[0] + 1:x], b[last[1] + 1:y])]
+        if x < len(a):
+            out.append((x, y))
+        last = (x, y)
+    return out
 
-    The other rules are the frame: ``before``'s and ``now``'s are lined up (longest common
-    subsequence; someone may have added or deleted some since). Between two rules of the
-    frame, if the touched rules stand in ``now`` as in ``before``, nothing changes there
-    (so where the edit did not commit, nothing changes at all); else ``now``'s go and
-    ``before``'s come back right after the upper rule of the frame. Copies of a rule cannot
-    be told apart by their text, so where one copy goes and another stays, every copy goes
-    and the staying ones are put back, in the same transaction."""
-    was, has = [_key(t) for t in before], [_key(t) for t in now]
-    fw = [i for i, k in enumerate(was) if k not in touched]
-    fn = [j for j, k in enumerate(has) if k not in touched]
-    frame = [(fw[a], fn[b]) for a, b in _common([was[i] for i in fw], [has[j] for j in fn])]
-    # The chain as it should be, as items ("n", j) of ``now`` and ("b", i) of ``before``.
-    want: list[tuple[str, int]] = []
-    drop: set[int] = set()
-    from_before: dict[int, int] = {}       # j of a touched rule in place -> its i
-    bounds = [(-1, -1)] + frame + [(len(was), len(has))]
-    for (i0, j0), (i1, j1) in zip(bounds, bounds[1:]):
-        if j0 >= 0:
-            want.append(("n", j0))
-        tb = [i for i in range(i0 + 1, i1) if was[i] in touched]
-        tn = [j for j in range(j0 + 1, j1) if has[j] in touched]
-        if [was[i] for i in tb] == [has[j] for j in tn]:
-            from_before.update(zip(tn, tb))
-            want += [("n", j) for j in range(j0 + 1, j1)]
+
+def _unique_anchors(a: Sequence, b: Sequence) -> list[tuple[int, int]]:
+    """The pairs of elements that occur once in ``a`` and once in ``b``, as many as line up
+    in order (a longest increasing subsequence of their positions in ``b``)."""
+    count_a: dict = {}
+    count_b: dict = {}
+    for k in a:
+        count_a[k] = count_a.get(k, 0) + 1
+    for k in b:
+        count_b[k] = count_b.get(k, 0) + 1
+    where_b = {k: y for y, k in enumerate(b) if count_b[k] == 1}
+    cand = [(x, where_b[k]) for x, k in enumerate(a) if count_a[k] == 1 and k in where_b]
+    # patience sorting: tails[n] = index in cand of the smallest tail of a run of n + 1
+    tails: list[int] = []
+    back: list[int] = []
+    ys: list[int] = []
+    for n, (_, y) in enumerate(cand):
+        at = bisect_left(ys, y)
+        back.append(tails[at - 1] if at else -1)
+        if at == len(ys):
+            ys.append(y)
+            tails.append(n)
         else:
-            drop.update(tn)
-            want += [("b", i) for i in tb]
-            want += [("n", j) for j in range(j0 + 1, j1) if j not in tn]
-    if not drop and not any(kind == "b" for kind, _ in want):
-        return []               # the edit did not commit (or it is undone already)
-    wiped = {has[j] for j in drop} | {was[i] for kind, i in want if kind == "b"}
-    lines = [f"-D {chain} {now[j]}" for j in range(len(has)) if has[j] in wiped]
-    cur = [("n", j) for j in range(len(has)) if has[j] not in wiped]
+            ys[at] = y
+            tails[at] = n
+    out = []
+    n = tails[-1] if tails else -1
+    while n >= 0:
+        out.append(cand[n])
+        n = back[n]
+    return out[::-1]
+
+
+def _committed(before: TableDump, meant: dict[str, list[Item] | None], now: TableDump
+               ) -> bool:
+    """Does ``now`` show the edit? In the chains it touched, ``now`` is fewer rules away
+    from ``meant`` than from ``before`` (rules to delete and insert to get from one to the
+    other, along a longest common subsequence; a chain that should or should not exist
+    counts one)."""
+    towards = away = 0
+    for name, rules in meant.items():
+        has = [_key(t) for t in now.chains.get(name, [])]
+        was = [_key(t) for t in before.chains.get(name, [])]
+        want = [_key(t) for _, t in rules or []]
+        exists = name in now.chains
+        towards += len(has) + len(want) - 2 * len(_common(want, has)) + \
+            (exists != (rules is not None))
+        away += len(has) + len(was) - 2 * len(_common(was, has)) + \
+            (exists != (name in before.chains))
+    return towards < away
+
+
+def _chain_undo(name: str, before: list[str], meant: list[Item], now: list[str],
+                marks_before: list[str], marks_now: list[str]) -> tuple[list[str], list[str]]:
+    """(deletions, insertions) that reverse the edit in one chain: see the module's step 3."""
+    has = [_key(t) for t in now]
+    pairs = _common([_key(t) for _, t in meant], has)
+    drop = {y for x, y in pairs if meant[x][0] is None}       # the edit's, still there
+    where = {meant[x][0]: y for x, y in pairs if meant[x][0] is not None}
+    kept = {i for i, _ in meant if i is not None}
+    # Each rule of ``before`` the edit deleted goes right after the nearest rule above it in
+    # ``before`` that is still in place; with none above, right above the nearest one below
+    # (a rule someone inserted at the top meanwhile stays at the top); with none, at the top.
+    after: dict[int, list[int]] = {}
+    ahead: dict[int, list[int]] = {}
+    above, waiting = -1, []
+    for i in range(len(before)):
+        if i in kept and i in where:
+            if above < 0 and waiting:
+                ahead[where[i]] = waiting
+                waiting = []
+            above = where[i]
+        elif i not in kept:
+            if above >= 0:
+                after.setdefault(above, []).append(i)
+            else:
+                waiting.append(i)
+    if not drop and not after and not ahead and not waiting:
+        return [], []
+    want: list[tuple[str, int]] = [("b", i) for i in waiting]
+    for y in range(len(has)):
+        want += [("b", i) for i in ahead.get(y, [])]
+        if y not in drop:
+            want.append(("n", y))
+            want += [("b", i) for i in after.get(y, [])]
+    wiped = {has[y] for y in drop}
+    deletions = [f"-D {name} {now[y]}" for y in range(len(has)) if has[y] in wiped]
+    cur = [("n", y) for y in range(len(has)) if has[y] not in wiped]
+    insertions = []
     p = 0
     for item in want:
         if p < len(cur) and cur[p] == item:
             p += 1
             continue
         kind, n = item
-        i = n if kind == "b" else from_before.get(n)
-        mark = counted[i] if i is not None and i < len(counted) else ""
-        lines.append(f"{mark}-I {chain} {p + 1} {before[n] if kind == 'b' else now[n]}")
+        marks, text = (marks_before, before[n]) if kind == "b" else (marks_now, now[n])
+        mark = marks[n] if n < len(marks) else ""
+        insertions.append(f"{mark}-I {name} {p + 1} {text}")
         cur.insert(p, item)
         p += 1
-    return lines
+    return deletions, insertions
 
 
-def undo_table(before: TableDump, now: TableDump, edit: TableEdit,
-               builtins: Iterable[str]) -> TableEdit:
-    """The restore lines (for ``iptables-restore -c --noflush``) that take ``now`` back to
-    ``before`` wherever ``edit`` wrote, leaving everything else as ``now`` has it. Empty if
-    ``now`` shows nothing of the edit. Order: missing chains declared; builtin chains'
-    additions deleted; other chains rewritten; builtin chains' deletions put back; chains
-    ``before`` did not have flushed and deleted (nothing refers to them any more)."""
-    builtin = set(builtins)
-    by_chain: dict[str, list[tuple[str, int | None, str]]] = {}
-    for line in edit.lines:
-        op, chain, num, args = _split(line)
-        by_chain.setdefault(chain, []).append((op, num, args))
-    chains = list(dict.fromkeys([*edit.new_chains, *by_chain]))
-    counted = counters(before.text)
+def undo_table(before: TableDump, now: TableDump, edit: TableEdit) -> TableEdit:
+    """The restore lines (for ``iptables-restore -c --noflush``) that reverse ``edit`` in
+    ``now`` as far as it committed there, leaving everything else as ``now`` has it; empty
+    if it did not commit. Order: chains to bring back declared; rules deleted; rules
+    inserted (and those of the chains brought back added); the chains the edit created
+    flushed and deleted, last (their jumps are gone by then)."""
+    meant = play(before.chains, edit)
     out = TableEdit()
-    take_out: list[str] = []
-    put_back: list[str] = []
-    rewrite: list[str] = []
+    if not _committed(before, meant, now):
+        return out
+    marks_before, marks_now = counters(before.text), counters(now.text)
+    deletions: list[str] = []
+    insertions: list[str] = []
     drop: list[str] = []
-    for chain in chains:
-        was, has = before.chains.get(chain), now.chains.get(chain)
-        if chain in builtin:        # (a table that did not exist had them empty)
-            lines = _builtin_undo(chain, was or [], has or [],
-                                  _touched(was or [], by_chain.get(chain, [])),
-                                  counted.get(chain, []))
-            take_out += [ln for ln in lines if ln.startswith("-D ")]
-            put_back += [ln for ln in lines if not ln.startswith("-D ")]
-        elif was is not None:
-            if has == was:
-                continue
-            if has is None:
-                out.new_chains.append(chain)
-            else:
-                rewrite.append(f"-F {chain}")
-            marks = counted.get(chain, [])
-            rewrite += [f"{marks[i] if i < len(marks) else ''}-A {chain} {r}"
-                        for i, r in enumerate(was)]
+    for name, rules in meant.items():
+        was, has = before.chains.get(name), now.chains.get(name)
+        if rules is None:                               # the edit deleted the chain
+            if was is not None and has is None:
+                out.new_chains.append(name)
+                marks = marks_before.get(name, [])
+                insertions += [f"{marks[i] if i < len(marks) else ''}-A {name} {r}"
+                               for i, r in enumerate(was)]
+        elif was is None and name in edit.new_chains:   # the edit created the chain
+            if has is not None:
+                drop.append(name)
         elif has is not None:
-            drop += [f"-F {chain}", f"-X {chain}"]
-    drop = [ln for ln in drop if ln.startswith("-F ")] + [ln for ln in drop
-                                                          if ln.startswith("-X ")]
-    out.lines = take_out + rewrite + put_back + drop
+            d, i = _chain_undo(name, was or [], rules, has, marks_before.get(name, []),
+                               marks_now.get(name, []))
+            deletions += d
+            insertions += i
+    out.lines = deletions + insertions + [f"-F {c}" for c in drop] + [f"-X {c}" for c in drop]
     return out

@@ -934,7 +934,7 @@ class IptablesBackend(Backend):
                     continue
                 for table, ed in changes.payload.get(fam, {}).items():
                     undo = undo_table(live.tables[fam].get(table, TableDump()),
-                                      now.get(table, TableDump()), ed, BUILTINS[table])
+                                      now.get(table, TableDump()), ed)
                     if undo.empty:
                         continue        # not committed (or nothing of it is left)
                     try:

@@ -120,18 +120,31 @@ class Runner:
         try:
             fd, kwargs = self._netns_kwargs()
             try:
-                p = subprocess.run(argv, input=stdin, capture_output=True, text=True,
-                                   timeout=self.timeout, **kwargs)
+                p = subprocess.Popen(argv, stdin=None if stdin is None else subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, **kwargs)
             except FileNotFoundError:
                 raise BackendError(f"{argv[0]}: command not found") from None
-            except subprocess.TimeoutExpired:
-                raise BackendError(f"{argv[0]} did not finish within {self.timeout:.0f}s") from None
+            with p:
+                try:
+                    out, err = p.communicate(stdin, timeout=self.timeout)
+                except BaseException as e:
+                    # Killed, and waited for: a restore killed inside its commit finishes
+                    # that system call first, and whoever reads the firewall next (the undo
+                    # after a Ctrl-C) must see its result. (subprocess.run does not wait
+                    # for it on Ctrl-C.)
+                    p.kill()
+                    p.wait()
+                    if isinstance(e, subprocess.TimeoutExpired):
+                        raise BackendError(f"{argv[0]} did not finish within "
+                                           f"{self.timeout:.0f}s") from None
+                    raise
         finally:
             if fd is not None:
                 os.close(fd)
         if check and p.returncode != 0:
-            raise CommandFailed(argv, p.returncode, p.stderr)
-        return p.stdout
+            raise CommandFailed(argv, p.returncode, err)
+        return out
 
     def feed(self, argv: list[str]) -> "Feed":
         """Start ``argv`` in our namespace with an input pipe that ``Feed.write`` fills;
