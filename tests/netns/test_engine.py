@@ -280,6 +280,33 @@ def test_failed_change_is_undone_where_it_wrote_and_nowhere_else(netns, flavour,
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
+def test_a_change_refused_because_someone_made_it_first_puts_nothing_back(netns, flavour):
+    """The race a migration meets: its restore deletes libvirt's rules by their text, but
+    libvirt deleted two of them itself first, so the restore fails there and commits
+    nothing. The table now looks as if the change had committed; iptables' error names
+    the line, and vnetfw puts back none of what libvirt deleted."""
+    from vnetfw.backends import ChangeSet
+    from vnetfw.backends.iptables import TableEdit
+    cmd = "iptables" + flavour.removeprefix("iptables")
+    rules = [["-s", "192.168.100.0/24", "-i", "virbr1", "-j", "ACCEPT"],
+             ["-i", "virbr1", "-o", "virbr1", "-j", "ACCEPT"],
+             ["-i", "virbr0", "-o", "virbr0", "-j", "ACCEPT"]]
+    nsrun(netns, cmd, "-N", "LIBVIRT_FWX")
+    for r in rules:
+        nsrun(netns, cmd, "-A", "LIBVIRT_FWX", *r)
+    b = IptablesBackend(eng_runner(netns), flavour=flavour)
+    live = b.read()
+    cs = ChangeSet([], {4: {"filter": TableEdit(lines=[
+        "-D LIBVIRT_FWX " + " ".join(r) for r in rules[:2]])}})
+    for r in rules[:2]:                 # libvirt, first
+        nsrun(netns, cmd, "-D", "LIBVIRT_FWX", *r)
+    after_libvirt = save(netns, flavour)
+    with pytest.raises(BackendError, match="rolled back"):
+        b.commit(live, cs)
+    assert save(netns, flavour) == after_libvirt
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
 def test_interrupted_change_is_undone(netns, flavour, tmp_path, monkeypatch):
     """Ctrl-C after the IPv4 restore committed, before IPv6's: IPv4 is undone and the
     interrupt goes on up; the firewall is as it was."""

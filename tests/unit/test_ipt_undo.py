@@ -7,7 +7,7 @@ import random
 import shlex
 
 from vnetfw.backends.iptables import TableDump, TableEdit, _jump_args, _jump_edits
-from vnetfw.backends.ipt_undo import counters, undo_table
+from vnetfw.backends.ipt_undo import committed_tables, counters, undo_table
 
 OURS = ["VNETFW_FWX", "VNETFW_FWI", "VNETFW_FWO"]
 FOREIGN = ["-s 203.0.113.0/24 -j DROP", "-i eth9 -o eth8 -j ACCEPT", "-j LIBVIRT_FWX",
@@ -205,3 +205,68 @@ def test_random_failed_edits_are_undone_and_others_writes_stay():
                 [r for r in rules if r not in gone.get(chain, [])], case
             assert [r for r in result[chain] if r in theirs] == \
                 [r for r in now.get(chain, []) if r in theirs], case
+
+
+def test_which_tables_committed_is_read_off_the_restores_error():
+    script = ("*filter\n:VNETFW_FWX - [0:0]\n-A VNETFW_FWX -j ACCEPT\nCOMMIT\n"
+              "*nat\n-D POSTROUTING -o eth5 -j RETURN\nCOMMIT\n*mangle\nCOMMIT\n")
+    assert committed_tables(script, None) == {"filter": True, "nat": True, "mangle": True}
+    for said in ("iptables-restore: line 6 failed",                       # legacy
+                 "iptables-nft-restore: line 6 failed: Bad rule (does a matching rule "
+                 "exist in that chain?).",
+                 "iptables-nft-restore v1.8.9 (nf_tables):\nline 6: CHAIN_DEL failed "
+                 "(Device or resource busy): chain X",
+                 "iptables-restore v1.8.9 (legacy): unknown option \"--bogus\"\n"
+                 "Error occurred at line: 6"):
+        assert committed_tables(script, said) == \
+            {"filter": True, "nat": False, "mangle": False}, said
+    assert committed_tables(script, "iptables-restore: line 2 failed")["filter"] is False
+    assert committed_tables(script, "iptables-restore: unable to initialize table") is None
+
+
+def test_a_table_known_not_committed_is_left_alone_though_it_looks_committed():
+    """The typical race: a deletion fails because someone else deleted that rule first.
+    The table then looks as if the edit committed; the restore's error says it did not,
+    and nothing is put back."""
+    r1, r2 = "-s 192.168.100.0/24 -i virbr1 -j ACCEPT", "-i virbr1 -o virbr1 -j ACCEPT"
+    before = {"LIBVIRT_FWX": [r1, r2, "-i virbr0 -o virbr0 -j ACCEPT"]}
+    edit = TableEdit([], [f"-D LIBVIRT_FWX {r1}", f"-D LIBVIRT_FWX {r2}"])
+    now = play(before, edit)                # libvirt deleted both itself, first
+    assert not undo_table(dump(before), dump(now), edit).empty       # judged: committed
+    assert undo_table(dump(before), dump(now), edit, committed=False).empty
+
+
+def test_an_own_rule_that_landed_elsewhere_is_still_taken_out():
+    """A writer deleted the rule above the edit's insert position before the restore
+    committed: the new jump landed a place lower than meant. It is still the edit's, and
+    it goes (else the chain it jumps to could not be deleted)."""
+    jx, jo, ji = (f"-m comment --comment vnetfw -j VNETFW_{s}" for s in ("FWX", "FWO", "FWI"))
+    before = {"FORWARD": ["-o virbr1 -j REJECT", jx, jo, "-j DROP"]}
+    edit = TableEdit(["VNETFW_FWI"], ["-A VNETFW_FWI -o vbr0 -j REJECT",
+                                      '-I FORWARD 3 -m comment --comment "vnetfw" -j '
+                                      "VNETFW_FWI"])
+    now = play({"FORWARD": before["FORWARD"][1:]}, edit)
+    assert now["FORWARD"] == [jx, jo, ji, "-j DROP"]
+    result = play(now, undo_table(dump(before), dump(now), edit, committed=True))
+    assert result == {"FORWARD": [jx, jo, "-j DROP"]}
+
+
+def test_long_chains_of_any_shape_are_lined_up_by_a_common_subsequence():
+    """Shapes that defeat each shortcut (unique rules, copies of a few rules, one nested
+    anchor per level): what comes back is always a common subsequence, in order, and the
+    obvious one where there is one."""
+    from vnetfw.backends.ipt_undo import _common
+    rnd = random.Random(3)
+    shapes = {
+        "unique": (list(range(12000)), [k for k in range(12000) if k % 997]),
+        "few texts": ([rnd.randrange(2) for _ in range(12000)],
+                      [rnd.randrange(2) for _ in range(12000)]),
+        "nested": ([x for k in range(6000) for x in (f"u{k}", f"u{k - 1}")],
+                   [x for k in range(6000) for x in (f"u{k - 1}", f"v{k}")]),
+    }
+    for name, (a, b) in shapes.items():
+        pairs = _common(a, b)
+        assert all(a[x] == b[y] for x, y in pairs), name
+        assert all(p[0] < q[0] and p[1] < q[1] for p, q in zip(pairs, pairs[1:])), name
+    a, b = shapes["unique"]
+    assert len(_common(a, b)) == len(b)

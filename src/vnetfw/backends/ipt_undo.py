@@ -11,14 +11,17 @@ table as it is now (``now``, read again with counters after the failure):
 1. The edit is played on ``before`` the way iptables-restore plays it: that gives the table
    the edit meant (``meant``), each rule marked as ``before``'s (with its index) or the
    edit's own.
-2. Did this table commit? It did if ``now``'s touched chains are fewer rules away from
-   ``meant``'s than from ``before``'s (lined up along a longest common subsequence).
-   Another writer's rules count alike on both sides. What the tables cannot tell apart is
-   not told apart: where the other writer made the very change the edit made, the undo
-   reverses it (the edit's own table is that much more than ``before``), and where it
-   reversed it, nothing is undone.
-3. If it did, in each chain the edit touched: the edit's own rules that ``now`` lines up with
-   ``meant`` are deleted, by their text (never by a position: positions are resolved when
+2. Did this table commit? The restore says so where it can: one that succeeded committed
+   every table; one that failed names the input line it failed at, and every table whose
+   ``COMMIT`` came before that line committed, the others did not (iptables-restore
+   commits a table at its ``COMMIT`` or not at all). Where it cannot (an interrupt, a
+   timeout), the tables tell: the table committed if ``now``'s touched chains are fewer
+   rules away from ``meant``'s than from ``before``'s, lined up along a common
+   subsequence. That is a judgement: a writer that made or reversed the very change the
+   edit made meanwhile can tip it.
+3. If it did, in each chain the edit touched: the edit's own rules still in ``now`` (lined
+   up with ``meant``'s, or of the same text where the line-up left one over) are deleted,
+   by their text (never by a position: positions are resolved when
    the restore commits, and someone's insert could shift ours onto their rule); the rules
    of ``before`` that the edit deleted go back right after the rule of ``before`` they
    followed, with their counters. Chains the edit created go; chains it deleted come back
@@ -28,15 +31,15 @@ table as it is now (``now``, read again with counters after the failure):
 Copies of one rule cannot be told apart by their text: where one copy of a rule goes and
 another stays, every copy is deleted and the staying ones are put back in their places, with
 their counters, in the same transaction. A rule put back names its position; a writer at
-that very moment can shift it (iptables-nft then refuses the undo, which is reported) or, on
-iptables-legacy, make it stand a place off; no other rule is touched either way.
+that very moment can shift it (it would stand a place off, or the undo is refused, which
+is reported); no other rule is touched either way.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 from bisect import bisect_left
-from difflib import SequenceMatcher
 from functools import lru_cache
 from typing import Sequence
 
@@ -72,6 +75,29 @@ def counters(text: str) -> dict[str, list[str]]:
             chain = line[3:].partition(" ")[0]
             out.setdefault(chain, []).append(prefix)
     return out
+
+
+_LINE = re.compile(r"\bline:? (\d+)")
+
+
+def committed_tables(script: str, error: str | None) -> dict[str, bool] | None:
+    """Which tables of one restore's input committed: all if it succeeded (``error`` None);
+    else those whose ``COMMIT`` comes before the input line its error names (iptables
+    says "line 6 failed", "line 5: CHAIN_DEL failed ...", "Error occurred at line: 2",
+    "COMMIT expected at line 3"); None if it names no line of the input."""
+    tables: list[tuple[str, int]] = []         # (table, line of its COMMIT)
+    current = ""
+    for n, line in enumerate(script.splitlines(), start=1):
+        if line.startswith("*"):
+            current = line[1:].strip()
+        elif line == "COMMIT":
+            tables.append((current, n))
+    if error is None:
+        return {t: True for t, _ in tables}
+    m = _LINE.search(error)
+    if m is None or not 0 < int(m[1]) <= len(script.splitlines()) + 1:
+        return None
+    return {t: at < int(m[1]) for t, at in tables}
 
 
 def _split(line: str) -> tuple[str, str, int | None, str]:
@@ -120,57 +146,79 @@ def play(chains: dict[str, list[str]], edit: TableEdit) -> dict[str, list[Item] 
 
 
 def _common(a: Sequence, b: Sequence) -> list[tuple[int, int]]:
-    """A longest common subsequence of ``a`` and ``b``, as index pairs, ascending.
+    """A common subsequence of ``a`` and ``b``, as index pairs, ascending: a longest one
+    wherever that is affordable.
 
-    Exact where it is small (a table over what differs once the common head and tail are
-    matched). Large, as a chain of 1,000 networks can be, it is split at the elements that
-    occur once in each and line up (patience diff), and each gap solved the same way;
-    difflib's heuristic takes a large gap without such anchors."""
-    head = 0
-    while head < min(len(a), len(b)) and a[head] == b[head]:
-        head += 1
-    tail = 0
-    while tail < min(len(a), len(b)) - head and a[-1 - tail] == b[-1 - tail]:
-        tail += 1
-    ma, mb = a[head:len(a) - tail], b[head:len(b) - tail]
-    pairs = [(k, k) for k in range(head)]
-    pairs += [(head + x, head + y) for x, y in _middle(ma, mb)]
-    return pairs + [(len(a) - tail + k, len(b) - tail + k) for k in range(tail)]
+    Common heads and tails are matched first; what is left is solved exactly where it is
+    small (a table of len(a) x len(b)); large, as a chain of 1,000 networks can be, it is
+    split at the elements that occur once in each and line up (patience diff) and each gap
+    solved the same way (a work list, not recursion); a large gap without such elements
+    (thousands of copies of a few rules), or left once the splitting has scanned 40 times
+    the input (nested shapes that peel one anchor at a time), is matched greedily, in
+    order."""
+    out: list[tuple[int, int]] = []
+    work = [(0, len(a), 0, len(b))]
+    budget = 40 * (len(a) + len(b))     # elements the anchor search may scan, in all
+    while work:
+        a0, a1, b0, b1 = work.pop()
+        while a0 < a1 and b0 < b1 and a[a0] == b[b0]:
+            out.append((a0, b0))
+            a0, b0 = a0 + 1, b0 + 1
+        while a0 < a1 and b0 < b1 and a[a1 - 1] == b[b1 - 1]:
+            a1, b1 = a1 - 1, b1 - 1
+            out.append((a1, b1))
+        if a0 == a1 or b0 == b1:
+            continue
+        if (a1 - a0) * (b1 - b0) <= 250_000:
+            out += [(a0 + x, b0 + y) for x, y in _exact(a[a0:a1], b[b0:b1])]
+            continue
+        budget -= (a1 - a0) + (b1 - b0)
+        anchors = _unique_anchors(a[a0:a1], b[b0:b1]) if budget > 0 else []
+        if not anchors:
+            out += [(a0 + x, b0 + y) for x, y in _greedy(a[a0:a1], b[b0:b1])]
+            continue
+        last_x, last_y = a0, b0
+        for x, y in anchors:
+            out.append((a0 + x, b0 + y))
+            work.append((last_x, a0 + x, last_y, b0 + y))
+            last_x, last_y = a0 + x + 1, b0 + y + 1
+        work.append((last_x, a1, last_y, b1))
+    return sorted(out)
 
 
-def _middle(a: Sequence, b: Sequence) -> list[tuple[int, int]]:
-    if not a or not b:
-        return []
-    if len(a) * len(b) <= 250_000:
-        # lengths[x][y]: the length of a longest common subsequence of a[x:] and b[y:]
-        lengths = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
-        for x in range(len(a) - 1, -1, -1):
-            row, below = lengths[x], lengths[x + 1]
-            for y in range(len(b) - 1, -1, -1):
-                row[y] = below[y + 1] + 1 if a[x] == b[y] else max(below[y], row[y + 1])
-        out, x, y = [], 0, 0
-        while x < len(a) and y < len(b):
-            if a[x] == b[y]:
-                out.append((x, y))
-                x, y = x + 1, y + 1
-            elif lengths[x + 1][y] >= lengths[x][y + 1]:
-                x += 1
-            else:
-                y += 1
-        return out
-    anchors = _unique_anchors(a, b)
-    if not anchors:
-        return [(x + k, y + k) for x, y, n in
-                SequenceMatcher(None, a, b, autojunk=False).get_matching_blocks()
-                for k in range(n)]
-    out = []
-    last = (-1, -1)
-    for x, y in anchors + [(len(a), len(b))]:
-        out += [(last[0] + 1 + p, last[1] + 1 + q)
-                for p, q in _common(a[last[0] + 1:x], b[last[1] + 1:y])]
-        if x < len(a):
+def _exact(a: Sequence, b: Sequence) -> list[tuple[int, int]]:
+    """A longest common subsequence, by the textbook table."""
+    # lengths[x][y]: the length of a longest common subsequence of a[x:] and b[y:]
+    lengths = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+    for x in range(len(a) - 1, -1, -1):
+        row, below = lengths[x], lengths[x + 1]
+        for y in range(len(b) - 1, -1, -1):
+            row[y] = below[y + 1] + 1 if a[x] == b[y] else max(below[y], row[y + 1])
+    out, x, y = [], 0, 0
+    while x < len(a) and y < len(b):
+        if a[x] == b[y]:
             out.append((x, y))
-        last = (x, y)
+            x, y = x + 1, y + 1
+        elif lengths[x + 1][y] >= lengths[x][y + 1]:
+            x += 1
+        else:
+            y += 1
+    return out
+
+
+def _greedy(a: Sequence, b: Sequence) -> list[tuple[int, int]]:
+    """Each element of ``a`` matched to the first equal one of ``b`` after the last match."""
+    where: dict = {}
+    for y, k in enumerate(b):
+        where.setdefault(k, []).append(y)
+    out, last = [], -1
+    for x, k in enumerate(a):
+        ys = where.get(k)
+        if ys:
+            at = bisect_left(ys, last + 1)
+            if at < len(ys):
+                last = ys[at]
+                out.append((x, last))
     return out
 
 
@@ -232,6 +280,18 @@ def _chain_undo(name: str, before: list[str], meant: list[Item], now: list[str],
     pairs = _common([_key(t) for _, t in meant], has)
     drop = {y for x, y in pairs if meant[x][0] is None}       # the edit's, still there
     where = {meant[x][0]: y for x, y in pairs if meant[x][0] is not None}
+    # A rule of the edit's that lost a tie in the line-up (a writer deleted a rule above
+    # it before the restore committed, so it landed elsewhere than meant) is still the
+    # edit's: paired with a rule of ``now`` that nothing claimed, of the same text.
+    unclaimed: dict[Key, list[int]] = {}
+    taken = {y for _, y in pairs}
+    for y in range(len(has)):
+        if y not in taken:
+            unclaimed.setdefault(has[y], []).append(y)
+    matched = {x for x, _ in pairs}
+    for x, (i, text) in enumerate(meant):
+        if i is None and x not in matched and unclaimed.get(_key(text)):
+            drop.add(unclaimed[_key(text)].pop(0))
     kept = {i for i, _ in meant if i is not None}
     # Each rule of ``before`` the edit deleted goes right after the nearest rule above it in
     # ``before`` that is still in place; with none above, right above the nearest one below
@@ -276,15 +336,18 @@ def _chain_undo(name: str, before: list[str], meant: list[Item], now: list[str],
     return deletions, insertions
 
 
-def undo_table(before: TableDump, now: TableDump, edit: TableEdit) -> TableEdit:
+def undo_table(before: TableDump, now: TableDump, edit: TableEdit,
+               committed: bool | None = None) -> TableEdit:
     """The restore lines (for ``iptables-restore -c --noflush``) that reverse ``edit`` in
-    ``now`` as far as it committed there, leaving everything else as ``now`` has it; empty
-    if it did not commit. Order: chains to bring back declared; rules deleted; rules
-    inserted (and those of the chains brought back added); the chains the edit created
-    flushed and deleted, last (their jumps are gone by then)."""
+    ``now``, leaving everything else as ``now`` has it; empty if the edit did not commit.
+    ``committed``: whether it did, if known (the restore's exit status and the line its
+    error names tell); None: judged from the tables (``_committed``). Order: chains to
+    bring back declared; rules deleted; rules inserted (and those of the chains brought
+    back added); the chains the edit created flushed and deleted, last (their jumps are
+    gone by then)."""
     meant = play(before.chains, edit)
     out = TableEdit()
-    if not _committed(before, meant, now):
+    if committed is False or (committed is None and not _committed(before, meant, now)):
         return out
     marks_before, marks_now = counters(before.text), counters(now.text)
     deletions: list[str] = []

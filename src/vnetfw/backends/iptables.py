@@ -8,9 +8,9 @@ networks (``_Fresh``).
 
 Netfilter facts this module is built around:
 - iptables-restore is atomic per table (each ``COMMIT``), not per file: a failure in the
-  second table leaves the first committed. So on any failure ``commit`` reads the tables
-  again and reverses what its edit wrote there (``ipt_undo``), by text in the builtin
-  chains. (Restoring the tables whole from the text it diffed against would also undo what
+  second table leaves the first committed (the error names the line it failed at, so which
+  tables did is known). So on any failure ``commit`` reads the tables again and reverses
+  what its edit wrote in those (``ipt_undo``), deleting its rules by their text. (Restoring the tables whole from the text it diffed against would also undo what
   others wrote since, and reset counters.)
 - With --noflush, declaring an *existing* user chain (``:CHAIN - [0:0]``) flushes it. Chains
   are therefore declared only when missing; rules in our chains change by index (``-D CHAIN
@@ -45,7 +45,7 @@ from ..ruleset import (CHECKSUM, LAYOUT, MASQUERADE, REJECT, SNAT, TABLES, Famil
                        Ruleset, chains_of)
 from . import Backend, Change, ChangeSet, Scope
 from .nfgen import Generation
-from .runner import Feed, Runner
+from .runner import CommandFailed, Feed, Runner
 
 COMMENT_PREFIX = "vnetfw:"
 JUMP_COMMENT = "vnetfw"
@@ -794,7 +794,9 @@ class IptablesBackend(Backend):
     def commit(self, live: IptLive, changes: ChangeSet) -> None:
         """Load each family's script in one restore; on any failure, an interrupt included,
         undo what it committed (``_rollback``) and raise."""
+        from .ipt_undo import committed_tables
         done: list[Family] = []
+        known: dict[Family, dict[str, bool] | None] = {}    # which tables committed
         if self.nf_tables is False:     # x_tables: see generation_after
             self._pre_commit = self._fingerprint()
         try:
@@ -803,9 +805,14 @@ class IptablesBackend(Backend):
                 if not text:
                     continue
                 done.append(fam)
-                self.runner.run([self._cmd[fam][1], "-w", "--noflush"], stdin=text)
+                try:
+                    self.runner.run([self._cmd[fam][1], "-w", "--noflush"], stdin=text)
+                except CommandFailed as e:
+                    known[fam] = committed_tables(text, e.stderr)
+                    raise
+                known[fam] = committed_tables(text, None)
         except BackendError as e:
-            problems = self._rollback(live, changes, done)
+            problems = self._rollback(live, changes, done, known)
             msg = f"{self.name}: change failed and was rolled back: {e}"
             if problems:
                 raise RollbackIncomplete(msg + "; ROLLBACK INCOMPLETE: "
@@ -813,7 +820,7 @@ class IptablesBackend(Backend):
             raise BackendError(msg) from e
         except BaseException as e:
             # Ctrl-C: the restore (killed with us) may have committed its first tables.
-            problems = self._rollback(live, changes, done)
+            problems = self._rollback(live, changes, done, known)
             if problems:
                 raise RollbackIncomplete(f"{self.name}: interrupted and rolled back; "
                                          "ROLLBACK INCOMPLETE: " + "; ".join(problems)) from e
@@ -914,13 +921,15 @@ class IptablesBackend(Backend):
             raise BackendError(msg)
         return cs
 
-    def _rollback(self, live: IptLive, changes: ChangeSet, families: list[Family]) -> list[str]:
-        """Undo a failed ``commit`` in ``families`` (those whose restore started). Reads each
-        family again and reverses exactly what the change wrote, as far as it is there
+    def _rollback(self, live: IptLive, changes: ChangeSet, families: list[Family],
+                  known: dict[Family, dict[str, bool] | None]) -> list[str]:
+        """Undo a failed ``commit`` in ``families`` (those whose restore started; ``known``:
+        which of their tables committed, where the restore said). Reads each family again
+        and reverses exactly what the change wrote in the tables that committed
         (``ipt_undo``): a rule someone else added or deleted since ``live`` was read stays
-        so, and counters stay as traffic moved them. One restore per table, so that a table
-        that cannot be put back leaves the others put back. Returns the problems (empty:
-        all undone)."""
+        so, and the rules the change did not touch keep their counters. One restore per
+        table, so that a table that cannot be put back leaves the others put back.
+        Returns the problems (empty: all undone)."""
         if live.assumed:
             return self._undo_appends(changes, families)
         from .ipt_undo import undo_table
@@ -932,9 +941,11 @@ class IptablesBackend(Backend):
                 except BackendError as e:
                     problems.append(f"ipv{fam}: {e}")
                     continue
+                said = known.get(fam)
                 for table, ed in changes.payload.get(fam, {}).items():
                     undo = undo_table(live.tables[fam].get(table, TableDump()),
-                                      now.get(table, TableDump()), ed)
+                                      now.get(table, TableDump()), ed,
+                                      None if said is None else said.get(table, False))
                     if undo.empty:
                         continue        # not committed (or nothing of it is left)
                     try:

@@ -125,6 +125,8 @@ class Runner:
                                      text=True, **kwargs)
             except FileNotFoundError:
                 raise BackendError(f"{argv[0]}: command not found") from None
+            except OSError as e:            # not executable, no memory to fork...
+                raise BackendError(f"{argv[0]}: {e.strerror or e}") from None
             with p:
                 try:
                     out, err = p.communicate(stdin, timeout=self.timeout)
