@@ -312,6 +312,10 @@ def _chain_undo(name: str, before: list[str], meant: list[Item], now: list[str],
                 waiting.append(i)
     if not drop and not after and not ahead and not waiting:
         return [], []
+    # The chain as it must end, as ("n", y): now[y] stays, and ("b", i): before[i] comes
+    # back. Then the lines that get there: every copy of a text the edit added goes (so
+    # no copy that must stay is taken by mistake); walking ``want`` against what is left,
+    # whatever is missing is inserted where it belongs.
     want: list[tuple[str, int]] = [("b", i) for i in waiting]
     for y in range(len(has)):
         want += [("b", i) for i in ahead.get(y, [])]
