@@ -51,3 +51,16 @@ def test_stress_tool_runs_and_counts_a_whole_load(capsys):
 
     assert main(["--loads", "1", "--networks", "3"]) == 0
     assert "1 of 1 loads whole" in capsys.readouterr().out
+
+
+@needs_root
+@pytest.mark.skipif(shutil.which("ipset") is None or shutil.which("iptables-legacy-restore")
+                    is None, reason="needs ipset and iptables-legacy")
+def test_legacy_sets_what_if_runs_both_layouts():
+    from benchmarks.whatif_legacy_sets import add_one, bridges_per_set
+
+    assert bridges_per_set(limit=3) == (3, "")
+    (ms, rules), (ms_sets, rules_sets) = add_one(2, 1, False), add_one(2, 1, True)
+    assert ms > 0 and ms_sets > 0
+    # per network, 8 subnet-bound rules leave the tables; 9 set rules come in once
+    assert rules_sets == rules - 2 * 8 + 9
