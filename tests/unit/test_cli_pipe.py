@@ -53,3 +53,16 @@ def test_stdout_gone_only_when_its_reader_left(monkeypatch):
         assert not cli._stdout_gone()
         b.close()
         assert cli._stdout_gone()
+
+
+def test_an_interrupt_says_what_state_it_leaves(monkeypatch, capsys):
+    """Ctrl-C: exit 130 and one line that says what it left and what to run next (at 3 a.m.
+    a silent 130 says nothing)."""
+    import vnetfw.cli as cli
+
+    def interrupted(_args):
+        raise KeyboardInterrupt
+    monkeypatch.setitem(cli.COMMANDS, "list", interrupted)
+    assert cli.main(["list"]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("vnetfw: interrupted") and "vnetfw check" in err
