@@ -794,9 +794,9 @@ class IptablesBackend(Backend):
     def commit(self, live: IptLive, changes: ChangeSet) -> None:
         """Load each family's script in one restore; on any failure, an interrupt included,
         undo what it committed (``_rollback``) and raise."""
-        from .ipt_undo import committed_tables
         done: list[Family] = []
-        known: dict[Family, dict[str, bool] | None] = {}    # which tables committed
+        # Which tables committed, per family: all (True), those the error says, or unknown
+        known: dict[Family, bool | dict[str, bool] | None] = {}
         if self.nf_tables is False:     # x_tables: see generation_after
             self._pre_commit = self._fingerprint()
         try:
@@ -805,12 +805,14 @@ class IptablesBackend(Backend):
                 if not text:
                     continue
                 done.append(fam)
+                known[fam] = None
                 try:
                     self.runner.run([self._cmd[fam][1], "-w", "--noflush"], stdin=text)
                 except CommandFailed as e:
+                    from .ipt_undo import committed_tables
                     known[fam] = committed_tables(text, e.stderr)
                     raise
-                known[fam] = committed_tables(text, None)
+                known[fam] = True
         except BackendError as e:
             problems = self._rollback(live, changes, done, known)
             msg = f"{self.name}: change failed and was rolled back: {e}"
@@ -922,7 +924,7 @@ class IptablesBackend(Backend):
         return cs
 
     def _rollback(self, live: IptLive, changes: ChangeSet, families: list[Family],
-                  known: dict[Family, dict[str, bool] | None]) -> list[str]:
+                  known: dict[Family, bool | dict[str, bool] | None]) -> list[str]:
         """Undo a failed ``commit`` in ``families`` (those whose restore started; ``known``:
         which of their tables committed, where the restore said). Reads each family again
         and reverses exactly what the change wrote in the tables that committed
@@ -943,9 +945,9 @@ class IptablesBackend(Backend):
                     continue
                 said = known.get(fam)
                 for table, ed in changes.payload.get(fam, {}).items():
+                    committed = said if not isinstance(said, dict) else said.get(table, False)
                     undo = undo_table(live.tables[fam].get(table, TableDump()),
-                                      now.get(table, TableDump()), ed,
-                                      None if said is None else said.get(table, False))
+                                      now.get(table, TableDump()), ed, committed)
                     if undo.empty:
                         continue        # not committed (or nothing of it is left)
                     try:
