@@ -28,7 +28,7 @@ from typing import Any, Iterable
 from .backends import Backend, Change, ChangeSet
 from .backends.iptables import IptablesBackend, IptLive, TableEdit, flavour_of
 from .engine import Engine, Report
-from .errors import BackendError
+from .errors import BackendError, RollbackIncomplete
 from .migrate import Edits, Findings, KeptRule, Mode, OldRule, plan_flavour
 from .model import Network
 
@@ -184,6 +184,8 @@ def migrate(networks: Iterable[Network], *, adopt: bool = False, dry_run: bool =
         if ed.lines and not dry_run:
             try:
                 b.commit(live, edits_changeset(ed, f))
+            except RollbackIncomplete:
+                raise           # not "nothing was removed": it says what is left
             except BackendError as e:
                 raise BackendError(
                     f"the networks were applied, but removing the old rules from {flavour} "

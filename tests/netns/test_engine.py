@@ -280,13 +280,17 @@ def test_failed_change_is_undone_where_it_wrote_and_nowhere_else(netns, flavour,
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
-def test_a_change_refused_because_someone_made_it_first_puts_nothing_back(netns, flavour):
+@pytest.mark.parametrize("how", ["refused", "never started"])
+def test_a_change_refused_because_someone_made_it_first_puts_nothing_back(
+        netns, flavour, how, monkeypatch):
     """The race a migration meets: its restore deletes libvirt's rules by their text, but
     libvirt deleted two of them itself first, so the restore fails there and commits
     nothing. The table now looks as if the change had committed; iptables' error names
-    the line, and vnetfw puts back none of what libvirt deleted."""
+    the line, and vnetfw puts back none of what libvirt deleted. The same if the restore
+    never started at all (the tool missing, the namespace not entered)."""
     from vnetfw.backends import ChangeSet
     from vnetfw.backends.iptables import TableEdit
+    from vnetfw.backends.runner import NotStarted, Runner
     cmd = "iptables" + flavour.removeprefix("iptables")
     rules = [["-s", "192.168.100.0/24", "-i", "virbr1", "-j", "ACCEPT"],
              ["-i", "virbr1", "-o", "virbr1", "-j", "ACCEPT"],
@@ -301,6 +305,14 @@ def test_a_change_refused_because_someone_made_it_first_puts_nothing_back(netns,
     for r in rules[:2]:                 # libvirt, first
         nsrun(netns, cmd, "-D", "LIBVIRT_FWX", *r)
     after_libvirt = save(netns, flavour)
+    if how == "never started":
+        real_run = Runner.run
+
+        def run(self, argv, stdin=None, **kw):
+            if argv[0].endswith("-restore") and "-c" not in argv:
+                raise NotStarted(f"{argv[0]}: command not found")
+            return real_run(self, argv, stdin, **kw)
+        monkeypatch.setattr(Runner, "run", run)
     with pytest.raises(BackendError, match="rolled back"):
         b.commit(live, cs)
     assert save(netns, flavour) == after_libvirt

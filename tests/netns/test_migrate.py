@@ -285,6 +285,26 @@ def test_migrate_is_one_restore_per_family(netns, flavour, tmp_path, monkeypatch
     assert writes == [f"iptables{mid}-restore", f"ip6tables{mid}-restore"]
 
 
+def test_an_incomplete_undo_in_the_other_flavour_is_not_called_nothing(make_netns, tmp_path,
+                                                                        monkeypatch):
+    """The second step (old rules in the other flavour) fails and its undo is incomplete:
+    the error says so, and does not claim that nothing was removed or invite a retry."""
+    from vnetfw.errors import RollbackIncomplete
+    ns = make_netns("m")
+    build_old_host(ns, "iptables-legacy")
+    real = IptablesBackend.commit
+
+    def commit(self, live, changes):
+        if self.name == "iptables-legacy":
+            raise RollbackIncomplete("iptables-legacy: change failed and was rolled back: "
+                                     "x; ROLLBACK INCOMPLETE: ipv4 filter: y")
+        return real(self, live, changes)
+    monkeypatch.setattr(IptablesBackend, "commit", commit)
+    with pytest.raises(RollbackIncomplete) as e:
+        migrate(NETS, backend="iptables-nft", netns=ns, state_dir=tmp_path / "st")
+    assert "Nothing of them was removed" not in str(e.value)
+
+
 def test_old_rules_in_the_other_flavour_go_after_the_new_rules(make_netns, tmp_path):
     """vnetfw writes with iptables-nft, the old rules live in iptables-legacy: they are
     removed in a second step, after vnetfw's rules are in place."""

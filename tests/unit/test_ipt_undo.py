@@ -221,6 +221,9 @@ def test_which_tables_committed_is_read_off_the_restores_error():
         assert committed_tables(script, said) == \
             {"filter": True, "nat": False, "mangle": False}, said
     assert committed_tables(script, "iptables-restore: line 2 failed")["filter"] is False
+    # a "line 1" that iptables quotes from the input is not the line it names
+    assert committed_tables(script, "iptables-restore v1.8.9 (legacy): weird character in "
+                            "interface `line 1'\nError occurred at line: 6")["filter"] is True
     assert committed_tables(script, "iptables-restore: unable to initialize table") is None
 
 

@@ -131,3 +131,22 @@ def test_an_interrupted_run_kills_and_reaps_the_command_before_the_interrupt_goe
         signal.signal(signal.SIGALRM, old)
     pid = int(pidfile.read_text())
     assert not os.path.exists(f"/proc/{pid}"), "the command was not waited for"
+
+
+def test_a_command_that_never_ran_says_so(monkeypatch):
+    """Not found, or unable to enter the namespace (setns refused: here an fd that is no
+    namespace): NotStarted, so a caller knows nothing the command was to do happened."""
+    import os
+
+    from vnetfw.backends import runner as rn
+    with pytest.raises(rn.NotStarted, match="command not found"):
+        Runner().run(["/nonexistent/vnetfw-test-tool"])
+    fd = os.open(os.devnull, os.O_RDONLY)
+    os.set_inheritable(fd, True)
+    monkeypatch.setattr(Runner, "_netns_kwargs", lambda self: (
+        os.dup(fd), {"preexec_fn": rn._setns_preexec(fd), "pass_fds": (fd,)}))
+    try:
+        with pytest.raises(rn.NotStarted, match="could not enter"):
+            Runner().run(["true"])
+    finally:
+        os.close(fd)

@@ -77,7 +77,10 @@ def counters(text: str) -> dict[str, list[str]]:
     return out
 
 
-_LINE = re.compile(r"\bline:? (\d+)")
+# The forms in which iptables-restore (legacy and nft, 1.8) names the input line it failed
+# at; only these, so that a "line 1" quoted from the input is not taken for one.
+_LINE = re.compile(r"^line (\d+):|\bline (\d+) failed|Error occurred at line: (\d+)"
+                   r"|COMMIT expected at line (\d+)", re.M)
 
 
 def committed_tables(script: str, error: str | None) -> dict[str, bool] | None:
@@ -95,9 +98,10 @@ def committed_tables(script: str, error: str | None) -> dict[str, bool] | None:
     if error is None:
         return {t: True for t, _ in tables}
     m = _LINE.search(error)
-    if m is None or not 0 < int(m[1]) <= len(script.splitlines()) + 1:
+    line = int(next(g for g in m.groups() if g is not None)) if m else 0
+    if not 0 < line <= len(script.splitlines()) + 1:
         return None
-    return {t: at < int(m[1]) for t, at in tables}
+    return {t: at < line for t, at in tables}
 
 
 def _split(line: str) -> tuple[str, str, int | None, str]:

@@ -45,7 +45,7 @@ from ..ruleset import (CHECKSUM, LAYOUT, MASQUERADE, REJECT, SNAT, TABLES, Famil
                        Ruleset, chains_of)
 from . import Backend, Change, ChangeSet, Scope
 from .nfgen import Generation
-from .runner import CommandFailed, Feed, Runner
+from .runner import CommandFailed, Feed, NotStarted, Runner
 
 COMMENT_PREFIX = "vnetfw:"
 JUMP_COMMENT = "vnetfw"
@@ -808,6 +808,9 @@ class IptablesBackend(Backend):
                 known[fam] = None
                 try:
                     self.runner.run([self._cmd[fam][1], "-w", "--noflush"], stdin=text)
+                except NotStarted:
+                    known[fam] = False
+                    raise
                 except CommandFailed as e:
                     from .ipt_undo import committed_tables
                     known[fam] = committed_tables(text, e.stderr)

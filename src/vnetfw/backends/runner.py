@@ -55,6 +55,11 @@ def complaint(stderr: str, limit: int = 4) -> str:
     return "; ".join(keep[:limit]) + (f"; ({more} more lines)" if more > 0 else "")
 
 
+class NotStarted(BackendError):
+    """The command never ran (not found, not executable, could not enter the namespace):
+    nothing it was to do has happened."""
+
+
 class CommandFailed(BackendError):
     def __init__(self, argv: list[str], returncode: int, stderr: str) -> None:
         self.argv = argv
@@ -77,9 +82,13 @@ def netns_problem(name: str) -> str | None:
 LIBC = ctypes.CDLL(None, use_errno=True)
 
 
+_NO_NETNS = b"vnetfw: the command could not enter the network namespace\n"
+
+
 def _setns_preexec(fd: int):
     def enter() -> None:
         if LIBC.setns(fd, CLONE_NEWNET) != 0:      # runs in the child only
+            os.write(2, _NO_NETNS)
             os._exit(125)
     return enter
 
@@ -124,9 +133,9 @@ class Runner:
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, **kwargs)
             except FileNotFoundError:
-                raise BackendError(f"{argv[0]}: command not found") from None
+                raise NotStarted(f"{argv[0]}: command not found") from None
             except OSError as e:            # not executable, no memory to fork...
-                raise BackendError(f"{argv[0]}: {e.strerror or e}") from None
+                raise NotStarted(f"{argv[0]}: {e.strerror or e}") from None
             with p:
                 try:
                     out, err = p.communicate(stdin, timeout=self.timeout)
@@ -144,6 +153,8 @@ class Runner:
         finally:
             if fd is not None:
                 os.close(fd)
+        if p.returncode == 125 and err.encode() == _NO_NETNS:
+            raise NotStarted(f"{argv[0]}: could not enter network namespace {self.netns}")
         if check and p.returncode != 0:
             raise CommandFailed(argv, p.returncode, err)
         return out
