@@ -385,10 +385,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vnetfw: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        # What was interrupted is whole or nothing: nft commits one transaction, and an
-        # iptables change that was cut off is undone before the interrupt gets here (an
-        # undo that failed is a RollbackIncomplete, reported above). Whether a committed
-        # change was also recorded in the state is what check tells.
+        # What was interrupted is whole or nothing: a first Ctrl-C during a commit is held
+        # back until the change is recorded (``interrupts``); a second one gets here with
+        # nft's transaction whole or not done, and an iptables change undone (an undo that
+        # failed is a RollbackIncomplete, reported above).
         print("vnetfw: interrupted; a change in progress either landed whole or not at "
               "all: 'vnetfw check' says whether the firewall matches the recorded "
               "networks, 'vnetfw reload' makes it match", file=sys.stderr)

@@ -19,6 +19,10 @@ network hook. Hooks run after the firewall change is complete, so a failing hook
 leaves half-applied rules: it is reported (``Report.hook_failures``, exit status 6) and the
 rules stay whole.
 
+Ctrl-C: from the moment the backend commits until the state records it, the first one is
+held back and raised once the state is written (``interrupts``); before, nothing has
+changed and it stops the command at once.
+
 Optional rules (the CHECKSUM fix-up, which some kernels lack): if a full commit fails and
 what the backend implements of the desired ruleset holds optional rules (never on nftables,
 which has no CHECKSUM), the change is committed again without them and the report carries a
@@ -39,6 +43,7 @@ from .backends import BACKENDS, Backend, Change, Scope, get_backend
 from .backends.nfgen import Generation
 from .backends.runner import FeedUnavailable, Runner
 from .errors import BackendError, DefinitionError, RollbackIncomplete
+from .interrupts import Deferral
 from .model import Mode, Network, validate_together
 from .plan import PROFILES, Profile, network_rules, plan, plan_networks
 from .ruleset import Rule, Ruleset
@@ -135,6 +140,8 @@ class Engine:
         self._backend: Backend | None = None
         self._prefetch: threading.Thread | None = None
         self._prefetched: tuple[str, Generation | None] | None = None
+        # Ctrl-C from the commit until the state records it: see ``interrupts``
+        self._interrupts = Deferral()
         self.hooks_dir = Path(hooks_dir if hooks_dir is not None
                               else os.environ.get("VNETFW_HOOKS_DIR", DEFAULT_HOOKS_DIR))
 
@@ -273,7 +280,7 @@ class Engine:
         if fresh is not None and prefix is not None and not dry_run \
                 and backend.vacant(live, prefix):
             try:
-                cs = backend.load_fresh(live, prefix, fresh())
+                cs = backend.load_fresh(live, prefix, self._then_arm(fresh()))
             except RollbackIncomplete:
                 raise
             except FeedUnavailable:
@@ -310,8 +317,15 @@ class Engine:
                           prefix)
         return None     # the plan holds rules the kernel refused: never "untouched"
 
-    @staticmethod
-    def _commit_diff(backend: Backend, live: Any, desired: Ruleset | None, scope: Scope,
+    def _then_arm(self, networks: Iterable[tuple[str, Sequence[Rule]]]
+                  ) -> Iterator[tuple[str, Sequence[Rule]]]:
+        """``networks``, and once the backend has taken the last of them (it commits next),
+        Ctrl-C held back until the state records the load (``interrupts``). While they are
+        still planned, nothing is committed and Ctrl-C stops the load at once."""
+        yield from networks
+        self._interrupts.arm()
+
+    def _commit_diff(self, backend: Backend, live: Any, desired: Ruleset | None, scope: Scope,
                      dry_run: bool, report: Report, g0: Generation | None,
                      prefix: str | None = None) -> Generation | None:
         """Diff ``live`` against ``desired`` and commit it (not on a dry run); the changes
@@ -323,6 +337,7 @@ class Engine:
             report.changes += cs.items
             report.applied = not dry_run
             return g0 if cs.empty else None
+        self._interrupts.arm()
         backend.commit(live, cs)
         report.changes += cs.items
         return backend.generation_after(cs, g0)
@@ -352,6 +367,7 @@ class Engine:
         state.networks = networks
         state.generation = generation
         self.store.save(state)
+        self._interrupts.release()      # recorded: a Ctrl-C held back stops us now
 
     def _zones(self, before: dict[str, Network], after: dict[str, Network],
                report: Report) -> None:
@@ -390,7 +406,7 @@ class Engine:
     # -- commands -----------------------------------------------------------------------
     def setup(self, dry_run: bool = False) -> Report:
         """Create missing private chains and jumps; repair jump order. Rules are untouched."""
-        with self.store.lock():
+        with self.store.lock(), self._interrupts:
             state = self.store.load()
             b = self.backend_for(state)
             rep = Report("setup", b.name)
@@ -406,7 +422,7 @@ class Engine:
         goes to the backend as soon as it is read (``_sync``'s ``fresh``), and all are
         checked together before the backend's process sees the end of its input: a bad
         definition met half-way loads nothing, like one met first."""
-        with self.store.lock():
+        with self.store.lock(), self._interrupts:
             state = self.store.load()
             b = self.backend_for(state)
             prof = self.profile_for(state)
@@ -481,7 +497,7 @@ class Engine:
 
     def remove(self, names: Iterable[str], dry_run: bool = False) -> Report:
         names = list(dict.fromkeys(names))
-        with self.store.lock():
+        with self.store.lock(), self._interrupts:
             state = self.store.load()
             unknown = [n for n in names if n not in state.networks]
             if unknown:
@@ -507,7 +523,7 @@ class Engine:
         """Repair everything from the desired state in one atomic step: the layout (chains,
         jumps, their order) and every active network's rules. What had to be fixed is the
         report's ``changes``; hooks get ``reloaded`` when anything was repaired."""
-        with self.store.lock():
+        with self.store.lock(), self._interrupts:
             state = self.store.load()
             b = self.backend_for(state)
             prof = self.profile_for(state)
@@ -543,7 +559,7 @@ class Engine:
 
     def teardown(self, dry_run: bool = False) -> Report:
         """Remove every chain, jump and rule vnetfw owns (and nothing else); forget networks."""
-        with self.store.lock():
+        with self.store.lock(), self._interrupts:
             state = self.store.load()
             b = self.backend_for(state)
             prof = self.profile_for(state)

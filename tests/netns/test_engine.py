@@ -7,6 +7,7 @@ Each test gets a fresh network namespace; the firewall is read back with the sys
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import sys
 import time
@@ -316,6 +317,53 @@ def test_a_change_refused_because_someone_made_it_first_puts_nothing_back(
     with pytest.raises(BackendError, match="rolled back"):
         b.commit(live, cs)
     assert save(netns, flavour) == after_libvirt
+
+
+@pytest.mark.parametrize("flavour", ALL)
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_during_a_commit_finishes_and_records_it_or_stops_at_once(
+        netns, flavour, presses, tmp_path, monkeypatch, capsys):
+    """One Ctrl-C while the change commits: vnetfw finishes it, records it, then stops
+    (KeyboardInterrupt): the state and the firewall agree. A second one stops at once:
+    nothing of the change is committed or recorded. Either way check finds no drift."""
+    import signal
+    eng = engine(netns, flavour, tmp_path)
+    eng.apply([n for n in NETS if n.name == "routed"])
+    cls = type(eng.backend_for(eng.store.load()))
+    real = cls.commit
+
+    def commit(self, live, changes):
+        for _ in range(presses):
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, live, changes)
+    monkeypatch.setattr(cls, "commit", commit)
+    with pytest.raises(KeyboardInterrupt):
+        eng.apply(NETS)
+    monkeypatch.undo()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert "finishing the change in progress" in capsys.readouterr().err
+    names = [n.name for n in eng.list_networks()]
+    assert names == (sorted(n.name for n in NETS) if presses == 1 else ["routed"])
+    assert eng.check() == []
+
+
+@pytest.mark.parametrize("flavour", ["nftables", "iptables-nft"])
+def test_ctrl_c_while_a_vacant_load_still_plans_stops_it_at_once(netns, flavour, tmp_path):
+    """Into a vacant firewall networks are loaded while they are planned; a Ctrl-C before
+    the last one is planned stops at once (nothing is committed yet): nothing loaded,
+    nothing recorded."""
+    import signal
+    before = snapshot(netns, flavour)
+    eng = engine(netns, flavour, tmp_path)
+
+    def definitions():
+        yield NETS[0]
+        os.kill(os.getpid(), signal.SIGINT)
+        yield from NETS[1:]
+    with pytest.raises(KeyboardInterrupt):
+        eng.apply(definitions())
+    assert snapshot(netns, flavour) == before
+    assert eng.list_networks() == []
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)

@@ -129,9 +129,11 @@ class Runner:
         try:
             fd, kwargs = self._netns_kwargs()
             try:
+                # Its own session: the terminal's Ctrl-C reaches vnetfw, which decides
+                # (``interrupts``), not a restore half-way through its tables.
                 p = subprocess.Popen(argv, stdin=None if stdin is None else subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, **kwargs)
+                                     text=True, start_new_session=True, **kwargs)
             except FileNotFoundError:
                 raise NotStarted(f"{argv[0]}: command not found") from None
             except OSError as e:            # not executable, no memory to fork...
