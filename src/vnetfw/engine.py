@@ -19,9 +19,9 @@ network hook. Hooks run after the firewall change is complete, so a failing hook
 leaves half-applied rules: it is reported (``Report.hook_failures``, exit status 6) and the
 rules stay whole.
 
-Ctrl-C: from the moment the backend commits until the state records it, the first one is
-held back and raised once the state is written (``interrupts``); before, nothing has
-changed and it stops the command at once.
+Ctrl-C: from the moment the backend commits, the first one is held back and raised once the
+command is done, its state written and its zones and hooks run (``interrupts``); before,
+nothing has changed and it stops the command at once.
 
 Optional rules (the CHECKSUM fix-up, which some kernels lack): if a full commit fails and
 what the backend implements of the desired ruleset holds optional rules (never on nftables,
@@ -140,8 +140,8 @@ class Engine:
         self._backend: Backend | None = None
         self._prefetch: threading.Thread | None = None
         self._prefetched: tuple[str, Generation | None] | None = None
-        # Ctrl-C from the commit until the state records it: see ``interrupts``
-        self._interrupts = Deferral()
+        # Ctrl-C from the commit until the command is done: see ``interrupts``
+        self.interrupts = Deferral()
         self.hooks_dir = Path(hooks_dir if hooks_dir is not None
                               else os.environ.get("VNETFW_HOOKS_DIR", DEFAULT_HOOKS_DIR))
 
@@ -286,6 +286,7 @@ class Engine:
             except FeedUnavailable:
                 pass    # nothing started (no /dev/fd, no memory file...): the path below
             except BackendError as e:
+                self.interrupts.abandon()
                 refused = e
             else:
                 report.changes += cs.items
@@ -320,10 +321,10 @@ class Engine:
     def _then_arm(self, networks: Iterable[tuple[str, Sequence[Rule]]]
                   ) -> Iterator[tuple[str, Sequence[Rule]]]:
         """``networks``, and once the backend has taken the last of them (it commits next),
-        Ctrl-C held back until the state records the load (``interrupts``). While they are
-        still planned, nothing is committed and Ctrl-C stops the load at once."""
+        Ctrl-C held back until the command is done (``interrupts``). While they are still
+        planned, nothing is committed and Ctrl-C stops the load at once."""
         yield from networks
-        self._interrupts.arm()
+        self.interrupts.arm()
 
     def _commit_diff(self, backend: Backend, live: Any, desired: Ruleset | None, scope: Scope,
                      dry_run: bool, report: Report, g0: Generation | None,
@@ -337,8 +338,14 @@ class Engine:
             report.changes += cs.items
             report.applied = not dry_run
             return g0 if cs.empty else None
-        self._interrupts.arm()
-        backend.commit(live, cs)
+        self.interrupts.arm()
+        try:
+            backend.commit(live, cs)
+        except RollbackIncomplete:
+            raise
+        except BackendError:
+            self.interrupts.abandon()      # undone; whatever comes next reads again
+            raise
         report.changes += cs.items
         return backend.generation_after(cs, g0)
 
@@ -367,7 +374,6 @@ class Engine:
         state.networks = networks
         state.generation = generation
         self.store.save(state)
-        self._interrupts.release()      # recorded: a Ctrl-C held back stops us now
 
     def _zones(self, before: dict[str, Network], after: dict[str, Network],
                report: Report) -> None:
@@ -406,7 +412,7 @@ class Engine:
     # -- commands -----------------------------------------------------------------------
     def setup(self, dry_run: bool = False) -> Report:
         """Create missing private chains and jumps; repair jump order. Rules are untouched."""
-        with self.store.lock(), self._interrupts:
+        with self.store.lock(), self.interrupts:
             state = self.store.load()
             b = self.backend_for(state)
             rep = Report("setup", b.name)
@@ -422,7 +428,7 @@ class Engine:
         goes to the backend as soon as it is read (``_sync``'s ``fresh``), and all are
         checked together before the backend's process sees the end of its input: a bad
         definition met half-way loads nothing, like one met first."""
-        with self.store.lock(), self._interrupts:
+        with self.store.lock(), self.interrupts:
             state = self.store.load()
             b = self.backend_for(state)
             prof = self.profile_for(state)
@@ -497,7 +503,7 @@ class Engine:
 
     def remove(self, names: Iterable[str], dry_run: bool = False) -> Report:
         names = list(dict.fromkeys(names))
-        with self.store.lock(), self._interrupts:
+        with self.store.lock(), self.interrupts:
             state = self.store.load()
             unknown = [n for n in names if n not in state.networks]
             if unknown:
@@ -523,7 +529,7 @@ class Engine:
         """Repair everything from the desired state in one atomic step: the layout (chains,
         jumps, their order) and every active network's rules. What had to be fixed is the
         report's ``changes``; hooks get ``reloaded`` when anything was repaired."""
-        with self.store.lock(), self._interrupts:
+        with self.store.lock(), self.interrupts:
             state = self.store.load()
             b = self.backend_for(state)
             prof = self.profile_for(state)
@@ -559,7 +565,7 @@ class Engine:
 
     def teardown(self, dry_run: bool = False) -> Report:
         """Remove every chain, jump and rule vnetfw owns (and nothing else); forget networks."""
-        with self.store.lock(), self._interrupts:
+        with self.store.lock(), self.interrupts:
             state = self.store.load()
             b = self.backend_for(state)
             prof = self.profile_for(state)

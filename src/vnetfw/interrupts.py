@@ -4,15 +4,18 @@ A change is committed by one tool process (nft: one transaction; iptables: one r
 family, undone on failure) and then recorded in the state file. An interrupt between the
 two would leave a firewall that changed and a state that does not say so; one that kills
 the tool half-way through iptables' tables costs an undo. So from the moment the commit
-starts until the state is written (``Deferral.arm`` .. ``Deferral.release``), the first
-SIGINT is only noted (and said on stderr) and raised as KeyboardInterrupt once the state is
-written; a second one is raised at once, for an admin who means it (the commit is then
-undone, or with nft whole or nothing, as before). Before ``arm`` nothing has changed and
-Ctrl-C stops vnetfw at once, as ever.
+starts (``Deferral.arm``) the first SIGINT is only noted, and said on stderr; it is raised
+as KeyboardInterrupt when the command is done (the state written, zones and hooks run:
+the outermost ``with`` ends). A second one is raised at once, for an admin who means it
+(the commit is then undone, or with nft whole or nothing, as before). Before ``arm``
+nothing has changed and Ctrl-C stops vnetfw at once, as ever; so it does again once a
+commit was refused and undone (``abandon``: the command will read and plan again).
 
-The tools themselves run in their own session (``Runner``), so the terminal's Ctrl-C
-reaches vnetfw alone, and vnetfw decides. Signal handlers can only be set in the main
-thread: elsewhere (a library caller's worker thread) this does nothing.
+Only SIGINT's default handling is taken over: a caller that handles SIGINT itself (``vnetfw
+watch`` stops gracefully) or ignores it (a background job) keeps its own. The tools run in
+their own session (``Runner``), so the terminal's Ctrl-C reaches vnetfw, not a restore
+half-way through its tables. Signal handlers can only be set in the main thread: elsewhere
+(a library caller's worker thread) this does nothing.
 """
 
 from __future__ import annotations
@@ -24,17 +27,17 @@ from types import TracebackType
 
 
 class Deferral:
-    """Hold back the first SIGINT between ``arm`` and ``release``; usable as a context
-    manager whose exit restores the handler on any path (without raising what it held back
-    when an error is already on its way)."""
+    """Hold back the first SIGINT from ``arm`` to the end of the outermost ``with``."""
 
     def __init__(self) -> None:
         self._old: object = None
         self._armed = False
+        self._depth = 0
         self.pending = False
 
     def arm(self) -> None:
-        if self._armed or threading.current_thread() is not threading.main_thread():
+        if self._armed or threading.current_thread() is not threading.main_thread() \
+                or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
             return
         self._old = signal.signal(signal.SIGINT, self._on_sigint)
         self._armed = True
@@ -51,20 +54,24 @@ class Deferral:
             signal.signal(signal.SIGINT, self._old)    # type: ignore[arg-type]
             self._armed = False
 
-    def release(self) -> None:
-        """The change is complete and recorded: raise the interrupt held back, if any."""
+    def abandon(self) -> None:
+        """The commit was refused and undone: back to stopping at once (now, if Ctrl-C was
+        pressed meanwhile)."""
         self._restore()
         if self.pending:
             self.pending = False
             raise KeyboardInterrupt
 
     def __enter__(self) -> "Deferral":
+        self._depth += 1
         return self
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if kind is None:
-            self.release()
-        else:
-            self._restore()
-            self.pending = False
+        self._depth -= 1
+        if self._depth:
+            return                  # an outer ``with`` (migrate's two steps) ends it
+        self._restore()
+        pending, self.pending = self.pending, False
+        if pending and kind is None:
+            raise KeyboardInterrupt

@@ -165,6 +165,12 @@ def migrate(networks: Iterable[Network], *, adopt: bool = False, dry_run: bool =
     modes: tuple[Mode, ...] = ("old", "libvirt") if adopt else ("old",)
     eng = MigrationEngine(networks=nets, modes=modes, drop_libvirt=drop_libvirt_chains,
                           **engine_kw)
+    with eng.interrupts:   # a Ctrl-C held back in the first step stops after the second
+        return _migrate(eng, nets, modes, adopt, dry_run, drop_libvirt_chains)
+
+
+def _migrate(eng: "MigrationEngine", nets: list[Network], modes: tuple[Mode, ...],
+             adopt: bool, dry_run: bool, drop_libvirt_chains: bool) -> MigrateReport:
     rep = eng.apply(nets, dry_run=dry_run)
     out = MigrateReport(dry_run, adopt, sorted(n.name for n in nets), rep)
     folded = eng.folded
@@ -182,6 +188,7 @@ def migrate(networks: Iterable[Network], *, adopt: bool = False, dry_run: bool =
         f, ed = plan_flavour(live, flavour, nets, modes, None, drop_libvirt_chains)
         out.flavours.append(FlavourResult(flavour, False, f, list(ed.notes)))
         if ed.lines and not dry_run:
+            eng.interrupts.arm()
             try:
                 b.commit(live, edits_changeset(ed, f))
             except RollbackIncomplete:

@@ -323,12 +323,18 @@ def test_a_change_refused_because_someone_made_it_first_puts_nothing_back(
 @pytest.mark.parametrize("presses", [1, 2])
 def test_ctrl_c_during_a_commit_finishes_and_records_it_or_stops_at_once(
         netns, flavour, presses, tmp_path, monkeypatch, capsys):
-    """One Ctrl-C while the change commits: vnetfw finishes it, records it, then stops
-    (KeyboardInterrupt): the state and the firewall agree. A second one stops at once:
-    nothing of the change is committed or recorded. Either way check finds no drift."""
+    """One Ctrl-C while the change commits: vnetfw finishes it, records it, runs its hooks,
+    then stops (KeyboardInterrupt): the state and the firewall agree. A second one stops
+    at once: nothing of the change is committed, recorded or hooked. Either way check
+    finds no drift."""
     import signal
-    eng = engine(netns, flavour, tmp_path)
+    hooks, log = tmp_path / "hooks.d", tmp_path / "hooked"
+    hooks.mkdir()
+    (hooks / "10-log").write_text(f'#!/bin/sh\necho "$1 $2" >> {log}\n')
+    (hooks / "10-log").chmod(0o755)
+    eng = engine(netns, flavour, tmp_path, hooks_dir=hooks)
     eng.apply([n for n in NETS if n.name == "routed"])
+    log.unlink()
     cls = type(eng.backend_for(eng.store.load()))
     real = cls.commit
 
@@ -345,6 +351,7 @@ def test_ctrl_c_during_a_commit_finishes_and_records_it_or_stops_at_once(
     names = [n.name for n in eng.list_networks()]
     assert names == (sorted(n.name for n in NETS) if presses == 1 else ["routed"])
     assert eng.check() == []
+    assert log.exists() is (presses == 1)
 
 
 @pytest.mark.parametrize("flavour", ["nftables", "iptables-nft"])

@@ -22,6 +22,7 @@ import fcntl
 import os
 import re
 import select
+import signal
 import subprocess
 from dataclasses import dataclass, field
 from typing import IO
@@ -146,7 +147,10 @@ class Runner:
                     # that system call first, and whoever reads the firewall next (the undo
                     # after a Ctrl-C) must see its result. (subprocess.run does not wait
                     # for it on Ctrl-C.)
-                    p.kill()
+                    try:        # the whole session: a wrapper script's children too
+                        os.killpg(p.pid, signal.SIGKILL)
+                    except OSError:
+                        p.kill()
                     p.wait()
                     if isinstance(e, subprocess.TimeoutExpired):
                         raise BackendError(f"{argv[0]} did not finish within "

@@ -1,0 +1,95 @@
+"""The Ctrl-C deferral (pure signal handling in this process; no firewall)."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from vnetfw.interrupts import Deferral
+
+
+def press() -> None:
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_before_arm_ctrl_c_acts_at_once():
+    with pytest.raises(KeyboardInterrupt):
+        with Deferral():
+            press()
+
+
+def test_one_press_after_arm_is_raised_when_the_outermost_with_ends(capsys):
+    d = Deferral()
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with d:
+            with d:                 # migrate's outer step around the engine's command
+                d.arm()
+                press()
+                done.append("inner")
+            done.append("outer")    # still running: the interrupt waits for the outermost
+    assert done == ["inner", "outer"]
+    assert "finishing the change in progress" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_second_press_acts_at_once():
+    d = Deferral()
+    with pytest.raises(KeyboardInterrupt):
+        with d:
+            d.arm()
+            press()
+            press()
+            pytest.fail("not stopped at the second press")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_abandon_after_a_refused_commit_acts_on_a_press_at_once():
+    d = Deferral()
+    with d:
+        d.arm()
+        d.abandon()                 # nothing pending: carries on, default handling back
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        d.arm()
+        press()
+        with pytest.raises(KeyboardInterrupt):
+            d.abandon()
+
+
+def test_an_error_on_its_way_is_not_replaced_by_the_held_back_press():
+    d = Deferral()
+    with pytest.raises(ValueError):
+        with d:
+            d.arm()
+            press()
+            raise ValueError("the command's own failure")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_callers_own_sigint_handling_is_left_alone():
+    """vnetfw watch stops gracefully on SIGINT; a background job ignores it."""
+    seen = []
+    for own in (lambda *_: seen.append("graceful"), signal.SIG_IGN):
+        old = signal.signal(signal.SIGINT, own)
+        try:
+            with Deferral() as d:
+                d.arm()
+                press()
+        finally:
+            signal.signal(signal.SIGINT, old)
+    assert seen == ["graceful"]
+
+
+def test_the_engine_arms_a_vacant_load_only_after_its_last_network():
+    from vnetfw.engine import Engine
+    eng = Engine.__new__(Engine)
+    eng.interrupts = Deferral()
+    gen = eng._then_arm(iter([("a", ()), ("b", ())]))
+    assert [next(gen), next(gen)] == [("a", ()), ("b", ())]
+    assert not eng.interrupts._armed          # the last one planned, not yet taken
+    with pytest.raises(StopIteration):
+        next(gen)
+    assert eng.interrupts._armed
+    eng.interrupts.abandon()
