@@ -43,7 +43,7 @@ from .backends import BACKENDS, Backend, Change, Scope, get_backend
 from .backends.nfgen import Generation
 from .backends.runner import FeedUnavailable, Runner
 from .errors import BackendError, DefinitionError, RollbackIncomplete
-from .interrupts import Deferral
+from . import interrupts
 from .model import Mode, Network, validate_together
 from .plan import PROFILES, Profile, network_rules, plan, plan_networks
 from .ruleset import Rule, Ruleset
@@ -141,7 +141,7 @@ class Engine:
         self._prefetch: threading.Thread | None = None
         self._prefetched: tuple[str, Generation | None] | None = None
         # Ctrl-C from the commit until the command is done: see ``interrupts``
-        self.interrupts = Deferral()
+        self.interrupts = interrupts.DEFERRAL
         self.hooks_dir = Path(hooks_dir if hooks_dir is not None
                               else os.environ.get("VNETFW_HOOKS_DIR", DEFAULT_HOOKS_DIR))
 
@@ -289,6 +289,7 @@ class Engine:
                 self.interrupts.abandon()
                 refused = e
             else:
+                self.interrupts.landed()
                 report.changes += cs.items
                 return backend.generation_after(cs, g0)
         if callable(desired):
@@ -346,6 +347,7 @@ class Engine:
         except BackendError:
             self.interrupts.abandon()      # undone; whatever comes next reads again
             raise
+        self.interrupts.landed()
         report.changes += cs.items
         return backend.generation_after(cs, g0)
 
@@ -400,8 +402,11 @@ class Engine:
             payload = json.dumps(net.to_dict())
             for hook in hooks:
                 try:
+                    # its own session: a Ctrl-C held back for the command is not the
+                    # hook's to die of (a second one stops vnetfw, and the hook with it)
                     p = subprocess.run([str(hook), net.name, event], input=payload, text=True,
-                                       capture_output=True, timeout=60)
+                                       capture_output=True, timeout=60,
+                                       start_new_session=True)
                     err = None if p.returncode == 0 else \
                         f"exit {p.returncode}: {(p.stderr.strip().splitlines() or [''])[-1]}"
                 except (OSError, subprocess.TimeoutExpired) as e:

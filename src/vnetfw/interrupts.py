@@ -27,13 +27,20 @@ from types import TracebackType
 
 
 class Deferral:
-    """Hold back the first SIGINT from ``arm`` to the end of the outermost ``with``."""
+    """Hold back the first SIGINT from ``arm`` to the end of the outermost ``with``.
+
+    ``raise_at_end``: raise the held-back press as KeyboardInterrupt there (a library
+    caller), or only note it in ``interrupted`` (the CLI, which prints the command's report
+    first and then exits 130)."""
 
     def __init__(self) -> None:
         self._old: object = None
         self._armed = False
         self._depth = 0
+        self._landed = False
         self.pending = False
+        self.raise_at_end = True
+        self.interrupted = False
 
     def arm(self) -> None:
         if self._armed or threading.current_thread() is not threading.main_thread() \
@@ -42,12 +49,20 @@ class Deferral:
         self._old = signal.signal(signal.SIGINT, self._on_sigint)
         self._armed = True
 
+    def landed(self) -> None:
+        """A commit went through: from here the command finishes whatever happens next
+        (``abandon`` no longer stops it)."""
+        self._landed = True
+
     def _on_sigint(self, signum: int, frame: object) -> None:
         if self.pending:
             raise KeyboardInterrupt
         self.pending = True
-        print("vnetfw: finishing the change in progress, then stopping "
-              "(Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+        try:    # stderr may be a pipe whose reader the same Ctrl-C ended (| tee)
+            print("vnetfw: finishing the change in progress, then stopping "
+                  "(Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+        except (OSError, ValueError):
+            pass
 
     def _restore(self) -> None:
         if self._armed:
@@ -56,7 +71,10 @@ class Deferral:
 
     def abandon(self) -> None:
         """The commit was refused and undone: back to stopping at once (now, if Ctrl-C was
-        pressed meanwhile)."""
+        pressed meanwhile), unless an earlier commit of this command went through (then
+        the command finishes, as after any press)."""
+        if self._landed:
+            return
         self._restore()
         if self.pending:
             self.pending = False
@@ -72,6 +90,12 @@ class Deferral:
         if self._depth:
             return                  # an outer ``with`` (migrate's two steps) ends it
         self._restore()
-        pending, self.pending = self.pending, False
+        pending, self.pending, self._landed = self.pending, False, False
         if pending and kind is None:
-            raise KeyboardInterrupt
+            self.interrupted = True
+            if self.raise_at_end:
+                raise KeyboardInterrupt
+
+
+# One per process, as SIGINT is: every Engine (and migrate around two of them) shares it.
+DEFERRAL = Deferral()

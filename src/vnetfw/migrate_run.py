@@ -191,6 +191,7 @@ def _migrate(eng: "MigrationEngine", nets: list[Network], modes: tuple[Mode, ...
             eng.interrupts.arm()
             try:
                 b.commit(live, edits_changeset(ed, f))
+                eng.interrupts.landed()
             except RollbackIncomplete:
                 raise           # not "nothing was removed": it says what is left
             except BackendError as e:

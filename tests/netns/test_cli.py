@@ -165,16 +165,17 @@ def test_many_changes_are_summed_up_per_network(netns, tmp_path):
     assert len(every) == int(out[0].split()[3]) + 1
 
 
-def _slow_tools(bin_dir: Path, mark: Path) -> None:
+def _held_tools(bin_dir: Path, mark: Path, go: Path) -> None:
     """Wrappers, first on PATH, for the tools that commit: each marks that it started, then
-    takes half a second before it runs the real tool (``nft`` only when it loads)."""
+    waits for ``go`` before it runs the real tool (``nft`` only when it loads)."""
     bin_dir.mkdir()
     for tool, real, when in (("nft", "/usr/sbin/nft", '[ "$1" = "-f" ]'),
                              ("iptables-nft-restore", "/usr/sbin/iptables-nft-restore", "true"),
                              ("ip6tables-nft-restore", "/usr/sbin/ip6tables-nft-restore",
                               "true")):
-        (bin_dir / tool).write_text(f'#!/bin/sh\nif {when}; then touch {mark}; sleep 0.5; fi\n'
-                                    f'exec {real} "$@"\n')
+        (bin_dir / tool).write_text(
+            f"#!/bin/sh\nif {when}; then touch {mark}\n"
+            f"  while [ ! -e {go} ]; do sleep 0.01; done\nfi\nexec {real} \"$@\"\n")
         (bin_dir / tool).chmod(0o755)
 
 
@@ -182,14 +183,15 @@ def _slow_tools(bin_dir: Path, mark: Path) -> None:
 @pytest.mark.parametrize("presses", [1, 2])
 def test_ctrl_c_at_the_terminal_while_a_change_commits(make_netns, tmp_path, backend, presses):
     """Ctrl-C as a terminal sends it, to vnetfw's whole process group, while the tool that
-    commits runs (slowed by a wrapper): the tool, in its own session, is not killed by it.
-    One press: vnetfw says it is finishing, finishes, records, exits 130, and the firewall
-    matches the recorded networks. Two: it stops at once, exit 130, nothing changed."""
+    commits runs (held by a wrapper): the tool, in its own session, is not killed by it.
+    One press: vnetfw says it is finishing, finishes, prints its report, says it stopped
+    after recording, exits 130, and the firewall matches the recorded networks. Two: it
+    stops at once, exit 130, nothing changed."""
     import signal
     import time
     ns = make_netns("c")
-    mark = tmp_path / "committing"
-    _slow_tools(tmp_path / "bin", mark)
+    mark, go = tmp_path / "committing", tmp_path / "go"
+    _held_tools(tmp_path / "bin", mark, go)
     base = ["--netns", ns, "--backend", backend, "--state-dir", str(tmp_path / "st"),
             "--hooks-dir", str(tmp_path / "no-hooks")]
     vnetfw(*base, "apply", str(FIX / "nat-default.xml"))      # not vacant: ordinary commit
@@ -199,16 +201,24 @@ def test_ctrl_c_at_the_terminal_while_a_change_commits(make_netns, tmp_path, bac
     p = subprocess.Popen([sys.executable, "-m", "vnetfw", *base, "apply",
                           str(FIX / "route-default.xml")], env=env, start_new_session=True,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 20
-    while not mark.exists() and p.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert mark.exists(), p.communicate()
-    for _ in range(presses):
+    try:
+        deadline = time.monotonic() + 30
+        while not mark.exists() and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert mark.exists(), p.communicate()
         os.killpg(p.pid, signal.SIGINT)
-        time.sleep(0.05)
-    out, err = p.communicate(timeout=30)
+        said = p.stderr.readline()          # vnetfw has taken the first press
+        assert "finishing the change in progress" in said
+        if presses == 2:
+            os.killpg(p.pid, signal.SIGINT)
+            out, err = p.communicate(timeout=30)   # stopped with the tool still held
+    finally:
+        go.touch()
+    if presses == 1:
+        out, err = p.communicate(timeout=30)
+    err = said + err
     assert p.returncode == 130, err
-    assert "finishing the change in progress" in err
+    assert ("finished and recorded" in err) is (presses == 1), err
     # nat-default -> route-default is a change of the network "default": if it landed
     # but was not recorded, check would find the route rules against a nat state.
     assert (nsrun(ns, "nft", "list", "ruleset") != before) is (presses == 1)

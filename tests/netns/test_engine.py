@@ -354,6 +354,30 @@ def test_ctrl_c_during_a_commit_finishes_and_records_it_or_stops_at_once(
     assert log.exists() is (presses == 1)
 
 
+@pytest.mark.parametrize("flavour", ALL)
+def test_ctrl_c_during_a_commit_that_is_refused_stops_at_once(netns, flavour, tmp_path,
+                                                              monkeypatch):
+    """Ctrl-C while a commit runs that then fails and is undone: nothing has changed, so
+    vnetfw stops there, instead of reading, planning and committing again first."""
+    import signal
+    eng = engine(netns, flavour, tmp_path)
+    eng.apply([n for n in NETS if n.name == "routed"])
+    before = snapshot(netns, flavour)
+    cls = type(eng.backend_for(eng.store.load()))
+    calls = []
+
+    def refused(self, live, changes):
+        calls.append(1)
+        os.kill(os.getpid(), signal.SIGINT)
+        raise BackendError(f"{flavour}: change failed and was rolled back: simulated")
+    monkeypatch.setattr(cls, "commit", refused)
+    with pytest.raises(KeyboardInterrupt):
+        eng.apply(NETS)
+    assert calls == [1] and snapshot(netns, flavour) == before
+    monkeypatch.undo()
+    assert [n.name for n in eng.list_networks()] == ["routed"]
+
+
 @pytest.mark.parametrize("flavour", ["nftables", "iptables-nft"])
 def test_ctrl_c_while_a_vacant_load_still_plans_stops_it_at_once(netns, flavour, tmp_path):
     """Into a vacant firewall networks are loaded while they are planned; a Ctrl-C before

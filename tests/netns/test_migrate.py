@@ -305,6 +305,34 @@ def test_an_incomplete_undo_in_the_other_flavour_is_not_called_nothing(make_netn
     assert "Nothing of them was removed" not in str(e.value)
 
 
+def test_a_ctrl_c_during_the_first_step_lets_the_second_run(make_netns, tmp_path,
+                                                              monkeypatch):
+    """migrate onto nftables with old rules in iptables-nft: a Ctrl-C while the first step
+    (vnetfw's own table) commits is held back until the second step (deleting the old
+    rules) is done too; then the interrupt."""
+    import signal
+    from vnetfw.backends.nftables import NftablesBackend
+    ns = make_netns("m")
+    build_old_host(ns, "iptables-nft")
+    before = save(ns, "iptables-nft")
+    real = NftablesBackend.generation_after
+
+    def pressed(self, *a):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(self, *a)
+    monkeypatch.setattr(NftablesBackend, "generation_after", pressed)
+    steps = []
+    real_commit = IptablesBackend.commit
+
+    def second(self, live, cs):
+        steps.append(self.name)
+        return real_commit(self, live, cs)
+    monkeypatch.setattr(IptablesBackend, "commit", second)
+    with pytest.raises(KeyboardInterrupt):
+        migrate(NETS, backend="nftables", netns=ns, state_dir=tmp_path / "st")
+    assert steps == ["iptables-nft"] and save(ns, "iptables-nft") != before
+
+
 def test_old_rules_in_the_other_flavour_go_after_the_new_rules(make_netns, tmp_path):
     """vnetfw writes with iptables-nft, the old rules live in iptables-legacy: they are
     removed in a second step, after vnetfw's rules are in place."""

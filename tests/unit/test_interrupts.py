@@ -93,3 +93,35 @@ def test_the_engine_arms_a_vacant_load_only_after_its_last_network():
         next(gen)
     assert eng.interrupts._armed
     eng.interrupts.abandon()
+
+
+def test_after_a_commit_went_through_a_refusal_does_not_stop_the_command():
+    """A backend switch: the new backend committed, the old one's teardown is refused. The
+    command goes on to record what happened; the press is raised at the end."""
+    d = Deferral()
+    with pytest.raises(KeyboardInterrupt):
+        with d:
+            d.arm()
+            d.landed()
+            press()
+            d.abandon()             # does not raise: the command finishes first
+            d.arm()
+
+
+def test_the_cli_prints_its_report_then_says_it_stopped(monkeypatch, capsys):
+    """The CLI takes the held-back press as a note, not an exception: the command's own
+    output comes first, then one line, exit 130."""
+    import vnetfw.cli as cli
+    from vnetfw.interrupts import DEFERRAL
+
+    def command(_args):
+        with DEFERRAL:
+            DEFERRAL.arm()
+            press()
+            print("the report")
+        return 0
+    monkeypatch.setitem(cli.COMMANDS, "list", command)
+    assert cli.main(["list"]) == 130
+    out, err = capsys.readouterr()
+    assert out == "the report\n" and "finished and recorded" in err
+    assert DEFERRAL.raise_at_end            # put back for in-process callers after it

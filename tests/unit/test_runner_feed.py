@@ -150,3 +150,34 @@ def test_a_command_that_never_ran_says_so(monkeypatch):
             Runner().run(["true"])
     finally:
         os.close(fd)
+
+
+def test_an_interrupted_run_kills_the_commands_whole_session(tmp_path):
+    """The command runs in a session of its own (so that the terminal's Ctrl-C is vnetfw's
+    to decide on); when vnetfw stops it, its children go too (a wrapper's real tool)."""
+    import signal
+    import time
+    pidfile = tmp_path / "grandchild"
+    script = f"sleep 30 & echo $! > {pidfile}; wait"
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+    old = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.7)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            Runner().run(["sh", "-c", script])
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    pid = int(pidfile.read_text())
+    for _ in range(100):                    # killed at once; reaped by init meanwhile
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split()[2] == "Z":
+                    break
+        except FileNotFoundError:
+            break
+        time.sleep(0.01)
+    else:
+        pytest.fail("the command's child outlived it")
