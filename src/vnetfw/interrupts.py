@@ -4,18 +4,21 @@ A change is committed by one tool process (nft: one transaction; iptables: one r
 family, undone on failure) and then recorded in the state file. An interrupt between the
 two would leave a firewall that changed and a state that does not say so; one that kills
 the tool half-way through iptables' tables costs an undo. So from the moment the commit
-starts (``Deferral.arm``) the first SIGINT is only noted, and said on stderr; it is raised
-as KeyboardInterrupt when the command is done (the state written, zones and hooks run:
-the outermost ``with`` ends). A second one is raised at once, for an admin who means it
-(the commit is then undone, or with nft whole or nothing, as before). Before ``arm``
+starts (``Deferral.arm``) the first SIGINT is only noted, and said on stderr; when the
+command is done (the state written, zones and hooks run: the outermost ``with`` ends) it
+is raised as KeyboardInterrupt, or, for the CLI, left in ``interrupted`` so that the
+report is printed before exit 130. A second one is raised at once, for an admin who means
+it (the commit is then undone, or with nft whole or nothing, as before). Before ``arm``
 nothing has changed and Ctrl-C stops vnetfw at once, as ever; so it does again once a
-commit was refused and undone (``abandon``: the command will read and plan again).
+commit was refused and undone (``abandon``: the command will read and plan again),
+unless a commit of the same command already went through (``landed``).
 
-Only SIGINT's default handling is taken over: a caller that handles SIGINT itself (``vnetfw
-watch`` stops gracefully) or ignores it (a background job) keeps its own. The tools run in
-their own session (``Runner``), so the terminal's Ctrl-C reaches vnetfw, not a restore
-half-way through its tables. Signal handlers can only be set in the main thread: elsewhere
-(a library caller's worker thread) this does nothing.
+Only SIGINT's default handling is taken over: a caller that handles SIGINT itself
+(``vnetfw watch`` stops gracefully) or ignores it (a background job) keeps its own. The
+tools and hooks run in their own session (``Runner``, ``Engine._run_hooks``), so the
+terminal's Ctrl-C reaches vnetfw, not a restore half-way through its tables. Signal
+handlers can only be set in the main thread: elsewhere (a library caller's worker
+thread) this does nothing.
 """
 
 from __future__ import annotations
