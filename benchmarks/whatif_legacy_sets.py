@@ -3,7 +3,7 @@
 ``python -m benchmarks.whatif_legacy_sets [--reps 9]``
 
 x_tables replace a whole table on every change, so on iptables-legacy adding one network
-costs what the table holds: raw +1 grows ~10x from 10 to 1,000 networks, and the issue's
+costs what the table holds: raw +1 grows ~9x from 10 to 1,000 networks, and the issue's
 "add one at 1,000 <= 2x add one at 10" cannot hold. The one way out on x_tables is to keep
 the per-network matches out of the tables, in ipsets, whose elements change one by one.
 This measures how far that goes, in throwaway namespaces:

@@ -2,9 +2,10 @@
 
 Contract: every public method takes the state lock, reads the live firewall once, computes
 the changes with the (pure) planner and backend diff, commits them in the backend's atomic
-step, and only then saves the new desired state. If the commit fails, the backend has put
-the live ruleset back as it was and the state file is untouched, so a failed command leaves
-nothing behind. ``dry_run`` computes and reports the same changes without committing.
+step, and only then saves the new desired state. If the commit fails, the backend has undone
+what the change wrote (what others wrote meanwhile stays) and the state file is untouched,
+so a failed command leaves nothing behind. ``dry_run`` computes and reports the same
+changes without committing.
 
 Reading less: the state records the backend's generation right after each verified commit.
 While the live generation still equals it, the firewall is exactly what vnetfw committed:
@@ -20,8 +21,8 @@ leaves half-applied rules: it is reported (``Report.hook_failures``, exit status
 rules stay whole.
 
 Ctrl-C: from the moment the backend commits, the first one is held back and raised once the
-command is done, its state written and its zones and hooks run (``interrupts``); before,
-nothing has changed and it stops the command at once.
+command is done, its state written and its zones and hooks run (the CLI: its report, then
+exit 130; ``interrupts``); before, nothing has changed and it stops the command at once.
 
 Optional rules (the CHECKSUM fix-up, which some kernels lack): if a full commit fails and
 what the backend implements of the desired ruleset holds optional rules (never on nftables,

@@ -35,7 +35,8 @@ class DefinitionError(VnetfwError):
 
 
 class BackendError(VnetfwError):
-    """A firewall command failed. The live ruleset was restored (or never changed)."""
+    """A firewall command failed. What the change wrote was undone (or it never changed
+    anything)."""
 
     exit_code = 3
 

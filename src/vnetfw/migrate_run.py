@@ -9,7 +9,8 @@ finds with ``vnetfw.migrate`` the rules an older layout wrote for exactly these 
    rollback all as ``vnetfw apply``), with the old rules of the *same* iptables flavour
    deleted in the very same ``iptables-restore`` per family: each table's new chains, jumps
    and rules and the old rules' deletion are one COMMIT, so there is no moment without
-   filtering, and a failure anywhere restores every touched table (the backend's rollback);
+   filtering, and a failure anywhere is undone where it wrote (the backend's undo,
+   ``ipt_undo``);
 2. only then deletes the old rules found in the *other* flavour (or all of them when the
    backend is nftables), one restore per family with the same rollback. Here the new rules
    are already in place while the old ones go: both enforce the same policy, and a packet

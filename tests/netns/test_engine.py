@@ -219,7 +219,7 @@ def test_failed_apply_leaves_ruleset_byte_identical(netns, flavour, fail_family,
         eng.apply(NETS)
     # First the appends computed without a readback were undone (the next attempt read the
     # firewall after that undo: any leftover would have been its snapshot), then the full
-    # change failed the same way and was rolled back from that snapshot.
+    # change failed the same way and was undone where it wrote.
     assert undone == [[]], "the change from vnetfw's last commit was not tried first"
     assert save(netns, flavour) == before
     monkeypatch.undo()

@@ -186,7 +186,7 @@ def test_parse_save():
         "OUTPUT": [], "ADMIN": [],
         "VNETFW_FWX": ['-i virbr0 -o virbr0 -m comment --comment "vnetfw:n" -j ACCEPT'],
     }
-    # The table text is kept verbatim (counters included) so a rollback restores it exactly.
+    # The table text is kept verbatim (counters included): an undo puts rules back with them.
     assert f.text.startswith("*filter\n:INPUT ACCEPT [10:600]\n") and f.text.endswith("COMMIT\n")
     assert "[3:180] -A INPUT -s 192.0.2.0/24 -j ADMIN" in f.text
     assert "#" not in f.text

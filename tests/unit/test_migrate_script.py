@@ -67,5 +67,5 @@ def test_one_script_deletes_old_rules_then_applies():
                    "-i eth9 -o eth8 -j ACCEPT"]
     assert [c.what for c in cs.items[:2]] == ["delete", "delete"]
     assert {c.network for c in cs.items[:2]} == {"default"}
-    # the snapshot the commit rolls back to is the real one, not the simulated one
+    # the snapshot the commit's undo works from is the real one, not the simulated one
     assert len(live.tables[4]["filter"].chains["FORWARD"]) == 3

@@ -10,8 +10,9 @@ Netfilter facts this module is built around:
 - iptables-restore is atomic per table (each ``COMMIT``), not per file: a failure in the
   second table leaves the first committed (the error names the line it failed at, so which
   tables did is known). So on any failure ``commit`` reads the tables again and reverses
-  what its edit wrote in those (``ipt_undo``), deleting its rules by their text. (Restoring the tables whole from the text it diffed against would also undo what
-  others wrote since, and reset counters.)
+  what its edit wrote in those (``ipt_undo``), deleting its rules by their text.
+  (Restoring the tables whole from the text it diffed against would also undo what others
+  wrote since, and reset counters.)
 - With --noflush, declaring an *existing* user chain (``:CHAIN - [0:0]``) flushes it. Chains
   are therefore declared only when missing; rules in our chains change by index (``-D CHAIN
   n``, ``-I CHAIN n rule``), so an update costs what changed, not what exists.
@@ -824,7 +825,8 @@ class IptablesBackend(Backend):
                                          + "; ".join(problems)) from e
             raise BackendError(msg) from e
         except BaseException as e:
-            # Ctrl-C: the restore (killed with us) may have committed its first tables.
+            # A second Ctrl-C: the restore (killed by the runner when the interrupt reached
+            # it) may have committed its first tables.
             problems = self._rollback(live, changes, done, known)
             if problems:
                 raise RollbackIncomplete(f"{self.name}: interrupted and rolled back; "
@@ -968,8 +970,8 @@ class IptablesBackend(Backend):
         """Take out what a failed load into a vacant firewall left: the firewall held no
         chain of ours (``vacant``), so our chains and every plain jump to them are the
         load's (a plain jump to one from someone else could only have come during the load;
-        it has to go for the chain to go). Unlike a restore from the snapshot, this leaves
-        every other rule as it is now, one that someone added while vnetfw planned
+        it has to go for the chain to go). Like an ordinary change's undo (``ipt_undo``),
+        this leaves every other rule as it is now, one that someone added while vnetfw planned
         included, counters too. Reads each family afresh; a jump is deleted by its text
         (``-D CHAIN rule``), not by a position that a concurrent insert would shift; one
         restore per table, so that a table that cannot be cleaned leaves the others clean.

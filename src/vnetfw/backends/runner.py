@@ -2,7 +2,9 @@
 
 Contract: ``Runner.run(argv, stdin)`` runs ``argv`` (a list, never a shell string) inside the
 runner's network namespace, or the caller's own when ``netns`` is None, and returns its
-stdout; a non-zero exit raises ``CommandFailed`` carrying the command and its stderr.
+stdout; a non-zero exit raises ``CommandFailed`` carrying the command and its stderr,
+``NotStarted`` if it never ran. The command runs in a session of its own; on an interrupt
+or a timeout that session is killed and waited for before the exception goes on.
 
 ``Runner.feed(argv)`` starts a command that reads its input while vnetfw is still writing it
 (``Feed``): the kernel-facing tool parses the first networks while the next are planned.
@@ -125,7 +127,8 @@ class Runner:
         return fd, {"preexec_fn": _setns_preexec(fd), "pass_fds": (fd,)}
 
     def run(self, argv: list[str], stdin: str | None = None, *, check: bool = True) -> str:
-        """Run argv in our namespace; return stdout. Raise CommandFailed on non-zero exit."""
+        """Run argv in our namespace; return stdout. Raise CommandFailed on non-zero exit,
+        NotStarted if it never ran (see the module's contract)."""
         fd = None
         try:
             fd, kwargs = self._netns_kwargs()
