@@ -108,27 +108,32 @@ def test_a_failure_says_what_the_tool_said(stderr, said):
     assert str(CommandFailed(["tool"], 4, stderr)) == f"tool failed: {said}"
 
 
+def _interrupted_after(seconds: float, argv: list[str]) -> None:
+    """``Runner().run(argv)`` with a Ctrl-C (KeyboardInterrupt) arriving after ``seconds``."""
+    import signal
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+    old = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        Runner().run(argv)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
 def test_an_interrupted_run_kills_and_reaps_the_command_before_the_interrupt_goes_on(tmp_path):
     """Ctrl-C while a command runs: by the time the interrupt reaches the caller, the
     command is gone, not merely signalled (the undo that follows reads the firewall and must
     see whatever a killed restore's last system call did). subprocess.run leaves it for
     later: its /proc entry would still be there."""
     import os
-    import signal
     pidfile = tmp_path / "pid"
     code = (f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); "
             "time.sleep(30)")
-
-    def interrupt(*_):
-        raise KeyboardInterrupt
-    old = signal.signal(signal.SIGALRM, interrupt)
-    signal.setitimer(signal.ITIMER_REAL, 0.7)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            Runner().run([PY, "-c", code])
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+    with pytest.raises(KeyboardInterrupt):
+        _interrupted_after(0.7, [PY, "-c", code])
     pid = int(pidfile.read_text())
     assert not os.path.exists(f"/proc/{pid}"), "the command was not waited for"
 
@@ -155,21 +160,11 @@ def test_a_command_that_never_ran_says_so(monkeypatch):
 def test_an_interrupted_run_kills_the_commands_whole_session(tmp_path):
     """The command runs in a session of its own (so that the terminal's Ctrl-C is vnetfw's
     to decide on); when vnetfw stops it, its children go too (a wrapper's real tool)."""
-    import signal
     import time
     pidfile = tmp_path / "grandchild"
     script = f"sleep 30 & echo $! > {pidfile}; wait"
-
-    def interrupt(*_):
-        raise KeyboardInterrupt
-    old = signal.signal(signal.SIGALRM, interrupt)
-    signal.setitimer(signal.ITIMER_REAL, 0.7)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            Runner().run(["sh", "-c", script])
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+    with pytest.raises(KeyboardInterrupt):
+        _interrupted_after(0.7, ["sh", "-c", script])
     pid = int(pidfile.read_text())
     for _ in range(100):                    # killed at once; reaped by init meanwhile
         try:
