@@ -379,12 +379,12 @@ def main(argv: list[str] | None = None) -> int:
         # A short-lived process that builds many small objects (10,000s of rules) and frees
         # them at exit: the cyclic collector only costs time here (~60 ms at 1,000 networks).
         gc.disable()
-    from .interrupts import DEFERRAL
+    from .interrupts import DEFERRAL, say
     DEFERRAL.raise_at_end, DEFERRAL.interrupted = False, False  # report, then 130 (below)
     try:
         code = COMMANDS[a.command](a)
         if DEFERRAL.interrupted:
-            _say("vnetfw: interrupted after the change in progress was finished and "
+            say("vnetfw: interrupted after the change in progress was finished and "
                  "recorded (see above)")
             return 130
         return code
@@ -396,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         # back until the change is recorded (``interrupts``); a second one gets here with
         # nft's transaction whole or not done, and an iptables change undone (an undo that
         # failed is a RollbackIncomplete, reported above).
-        _say("vnetfw: interrupted; a change in progress either landed whole or not at "
+        say("vnetfw: interrupted; a change in progress either landed whole or not at "
              "all: 'vnetfw check' says whether the firewall matches the recorded "
              "networks, 'vnetfw reload' makes it match")
         return 130
@@ -410,14 +410,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         DEFERRAL.raise_at_end = True        # an in-process caller after us: the default
-
-
-def _say(text: str) -> None:
-    """A last line on stderr, if anyone still reads it (after Ctrl-C, ``| tee`` may be gone)."""
-    try:
-        print(text, file=sys.stderr, flush=True)
-    except (OSError, ValueError):
-        pass
 
 
 def _stdout_gone() -> bool:

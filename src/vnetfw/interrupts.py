@@ -29,6 +29,15 @@ import threading
 from types import TracebackType
 
 
+def say(text: str) -> None:
+    """A line on stderr, if anyone still reads it: after a Ctrl-C, a ``| tee`` that the same
+    Ctrl-C ended is gone, and a BrokenPipeError here must not become the interrupt's."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
 class Deferral:
     """Hold back the first SIGINT from ``arm`` to the end of the outermost ``with``.
 
@@ -61,11 +70,8 @@ class Deferral:
         if self.pending:
             raise KeyboardInterrupt
         self.pending = True
-        try:    # stderr may be a pipe whose reader the same Ctrl-C ended (| tee)
-            print("vnetfw: finishing the change in progress, then stopping "
-                  "(Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
-        except (OSError, ValueError):
-            pass
+        say("vnetfw: finishing the change in progress, then stopping "
+            "(Ctrl-C again to stop at once)")
 
     def _restore(self) -> None:
         if self._armed:

@@ -125,3 +125,42 @@ def test_the_cli_prints_its_report_then_says_it_stopped(monkeypatch, capsys):
     out, err = capsys.readouterr()
     assert out == "the report\n" and "finished and recorded" in err
     assert DEFERRAL.raise_at_end            # put back for in-process callers after it
+
+
+class _GoneReader:
+    """A stderr whose reader left (``| tee`` ended by the same Ctrl-C)."""
+
+    def write(self, _text):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self):
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_stderr_whose_reader_left_does_not_turn_the_held_press_into_an_abort(monkeypatch):
+    import sys
+    monkeypatch.setattr(sys, "stderr", _GoneReader())
+    d = Deferral()
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with d:
+            d.arm()
+            press()                 # its message cannot be written: still only noted
+            done.append("finished")
+    assert done == ["finished"]
+
+
+def test_the_cli_says_it_stopped_even_to_a_gone_reader(monkeypatch):
+    import sys
+
+    import vnetfw.cli as cli
+    from vnetfw.interrupts import DEFERRAL
+
+    def command(_args):
+        with DEFERRAL:
+            DEFERRAL.arm()
+            press()
+        return 0
+    monkeypatch.setitem(cli.COMMANDS, "list", command)
+    monkeypatch.setattr(sys, "stderr", _GoneReader())
+    assert cli.main(["list"]) == 130
