@@ -41,12 +41,12 @@ import re
 import shlex
 from bisect import bisect_left
 from functools import lru_cache
-from typing import Sequence
+from typing import Optional, Sequence
 
 from .iptables import TableDump, TableEdit
 
 Key = tuple[str, ...]
-Item = tuple["int | None", str]     # (index in ``before``'s chain, or None: the edit's), text
+Item = tuple[Optional[int], str]    # (index in ``before``'s chain, or None: the edit's), text
 
 
 @lru_cache(maxsize=1 << 16)
