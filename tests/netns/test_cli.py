@@ -223,3 +223,38 @@ def test_ctrl_c_at_the_terminal_while_a_change_commits(make_netns, tmp_path, bac
     # but was not recorded, check would find the route rules against a nat state.
     assert (nsrun(ns, "nft", "list", "ruleset") != before) is (presses == 1)
     assert vnetfw(*base, "check", check=False).returncode == 0
+
+
+def test_ctrl_c_at_the_terminal_while_a_hook_runs_lets_the_hook_finish(make_netns, tmp_path):
+    """A Ctrl-C to vnetfw's process group while a hook runs (the change is recorded, the
+    press held back): the hook, in a session of its own, is not killed by it and finishes;
+    vnetfw then says it stopped after recording, exit 130."""
+    import signal
+    import time
+    ns = make_netns("h")
+    hooks, mark, go, log = (tmp_path / "hooks.d", tmp_path / "hooking", tmp_path / "go",
+                            tmp_path / "hooked")
+    hooks.mkdir()
+    (hooks / "10-held").write_text(f"#!/bin/sh\ntouch {mark}\n"
+                                   f"while [ ! -e {go} ]; do sleep 0.01; done\n"
+                                   f'echo "$1 $2" >> {log}\n')
+    (hooks / "10-held").chmod(0o755)
+    base = ["--netns", ns, "--backend", "nftables", "--state-dir", str(tmp_path / "st"),
+            "--hooks-dir", str(hooks)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VNETFW_")}
+    p = subprocess.Popen([sys.executable, "-m", "vnetfw", *base, "apply",
+                          str(FIX / "nat-default.xml")], env=env, start_new_session=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not mark.exists() and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert mark.exists(), p.communicate()
+        os.killpg(p.pid, signal.SIGINT)
+        said = p.stderr.readline()
+        assert "finishing the change in progress" in said
+    finally:
+        go.touch()
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 130 and "finished and recorded" in err, err
+    assert log.read_text() == "default added\n"
