@@ -1,4 +1,4 @@
-"""The traffic policy (design.md §4) proved with real packets, per backend.
+"""The traffic policy (docs/design.md §4) proved with real packets, per backend.
 
 One lab per backend (module-scoped): a hypervisor namespace with seven networks -- nat
 (IPv4 only, its guests giving themselves rogue IPv6 addresses), nat with IPv6 NAT, nat
@@ -120,7 +120,7 @@ ONE_WAY = {"tcp": False, "udp": True}
 def test_all_at_once(lab, engines, profile):
     engines(profile).apply(NETWORKS)
     res = check(lab, profile, NAMES)
-    # Spot checks straight from design.md §4, independent of the policy module.
+    # Spot checks straight from docs/design.md §4, independent of the policy module.
     for fam in (4, 6):
         assert reach(res, "nat46/g0", "up:uplink0", fam) == BOTH
         assert res.row("nat46/g0", "up:uplink0", fam, "udp").observed.seen == \

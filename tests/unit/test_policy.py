@@ -1,4 +1,4 @@
-"""The lab's pure traffic policy against design.md §4, written out as tables here.
+"""The lab's pure traffic policy against docs/design.md §4, written out as tables here.
 
 The expected values below are transcribed from the design (not computed), so a policy
 that drifts from the design fails here before any packet is sent.
@@ -50,7 +50,7 @@ def outcome(pol: Policy, s: Host, d: Host, fam: int = 4) -> tuple[bool, bool]:
 
 YES, NO, ONE_WAY = (True, True), (False, False), (False, True)
 
-# design.md §4, "guest of X -> guest of another network Y" (plus open networks: no rules
+# docs/design.md §4, "guest of X -> guest of another network Y" (plus open networks: no rules
 # of their own, the others' rules still apply to them), per profile.
 CROSS = {
     ("nat", "nat"): NO, ("nat", "route"): YES, ("nat", "isolated"): NO, ("nat", "open"): YES,

@@ -26,18 +26,18 @@ One ``inet`` table per chain prefix (``table_name``), holding both families::
         ...
     }
 
-Each stage of design.md §2 is one map lookup; the per-network chain holds exactly the rules
-the planner put in that private chain for that network and family, in order. A packet's cost
-is therefore a fixed number of hash lookups plus one network's rules, whatever the number of
-networks. The map key includes ``meta nfproto`` so each network's IPv4 and IPv6 rules live in
-separate chains (``fwo4-NET``, ``fwo6-NET``) and never see the other family's packets: one
+Each stage of docs/design.md §2 is one map lookup; the per-network chain holds exactly the
+rules the planner put in that private chain for that network and family, in order. A packet's
+cost is therefore a fixed number of hash lookups plus one network's rules, whatever the number
+of networks. The map key includes ``meta nfproto`` so each network's IPv4 and IPv6 rules live
+in separate chains (``fwo4-NET``, ``fwo6-NET``) and never see the other family's packets: one
 table, no ``meta nfproto`` guard needed in any rule, and the family of a rule read back is the
 family in its chain's name.
 
-The stage order in ``forward`` (cross, then incoming, then outgoing) carries design.md §2's
-guarantee: every network's incoming verdict (FWI, keyed by the output bridge) is taken before
-any network's outgoing accept (FWO, keyed by the input bridge), so no network's "allow out"
-can let a packet into another network.
+The stage order in ``forward`` (cross, then incoming, then outgoing) carries the guarantee of
+docs/design.md §2: every network's incoming verdict (FWI, keyed by the output bridge) is taken
+before any network's outgoing accept (FWO, keyed by the input bridge), so no network's "allow
+out" can let a packet into another network.
 
 The planner's invariants make the keys well defined: every FWX/FWO/INP rule matches
 ``iif == bridge``, every FWI/OUT rule ``oif == bridge``, every nat PRT rule ``src`` = one of
@@ -136,7 +136,7 @@ def decode_name(text: str) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Stage:
-    """One private chain of design.md §2 as an nft dispatch stage.
+    """One private chain of docs/design.md §2 as an nft dispatch stage.
 
     ``name`` names the per-network chains (``<name><family>-<network>``) and, for interface
     stages, the dispatch map; ``key`` is the Rule field the map is keyed on (``iif``, ``oif``

@@ -5,7 +5,7 @@
 - ``topology``: ``Lab``, the hypervisor / bridges / guests / upstream namespaces.
 - ``agent``: the standalone listener/sender run inside the namespaces.
 - ``probe``: listeners, parallel senders, what each probe observed.
-- ``policy``: pure; what design.md §4 says each pair must observe.
+- ``policy``: pure; what docs/design.md §4 says each pair must observe.
 - ``matrix``: probe every pair, judge it against the policy.
 - ``demo`` / ``report``: ``vnetfw demo`` and its ``rich`` tables.
 

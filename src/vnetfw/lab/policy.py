@@ -1,4 +1,4 @@
-"""The traffic policy (design.md §4) as a pure function: what the kernel must do per pair.
+"""The traffic policy (docs/design.md §4) as a pure function: what the kernel must do per pair.
 
 Contract: ``expect(networks, profile, src, dst, family, proto, active=None)`` says whether a
 new TCP connection / one UDP datagram from host ``src`` to host ``dst`` gets through on the
@@ -8,7 +8,7 @@ rules, exactly like an ``open`` network.
 
 It is written from the design's *semantics*, not from the planner's rules, so the two can
 disagree and the lab will show it. A forwarded packet meets three stages, in this order
-(design.md §2: FWX, FWI, FWO, then the FORWARD policy, ACCEPT):
+(docs/design.md §2: FWX, FWI, FWO, then the FORWARD policy, ACCEPT):
 
 1. cross (FWX): traffic that stays on one bridge is accepted; in a profile that guards
    egress (``default``), a packet leaving a network's bridge is rejected right here if its
