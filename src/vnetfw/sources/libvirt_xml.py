@@ -6,6 +6,10 @@ so nothing can expand entities or read local files): the rule defusedxml's ``for
 applies, applied here to expat directly. (defusedxml hooks expat through the pure-Python
 ElementTree parser; building the few elements of a network definition with C ``Element``
 objects from expat's callbacks reads 1,000 files about twice as fast.)
+
+Namespaces are resolved: an element of a namespace is named ``{URI}local`` (ElementTree's
+convention), whatever prefix the document gave it, so vnetfw's metadata
+(``libvirt_meta``) is found by its URI. libvirt's own elements have no namespace.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from xml.parsers import expat
 from ..errors import DefinitionError
 from ..model import (IPBlock, Mode, Nat, Network, classful_prefix, netmask_prefix, parse_ip,
                      parse_number)
+from .libvirt_meta import METADATA_MODES, NS, PREFIX, convert_hint, vnetfw_firewall
 
 _MODES = {m.value: m for m in Mode if m is not Mode.ISOLATED}
 _YES = {"yes": True, "no": False}
@@ -28,8 +33,9 @@ class _Unsafe(Exception):
 
 def _parse(data: bytes | str) -> Element:
     """The document's root element. Raises ``_Unsafe`` for any DTD or entity declaration,
-    ``expat.ExpatError`` when malformed (an undeclared entity reference included)."""
-    p = expat.ParserCreate()
+    ``expat.ExpatError`` when malformed (an undeclared entity reference or namespace prefix
+    included)."""
+    p = expat.ParserCreate(namespace_separator="}")
     p.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
     stack: list[Element] = []
     roots: list[Element] = []
@@ -38,6 +44,8 @@ def _parse(data: bytes | str) -> Element:
         raise _Unsafe()
 
     def start(tag: str, attrs: dict[str, str]) -> None:
+        if "}" in tag:                              # expat's "URI}local" -> "{URI}local"
+            tag = "{" + tag
         el = Element(tag, attrs)
         if stack:
             stack[-1].append(el)
@@ -78,6 +86,23 @@ def parse_network_xml(data: bytes | str, source: str = "<string>") -> Network:
     return _Reader(root, source).network()
 
 
+def parse_hook_xml(data: bytes | str, source: str = "<libvirt hook>") -> Network:
+    """The network of what libvirt gives its network hook on stdin:
+    ``<hookData><network>...</network>...</hookData>``."""
+    try:
+        root = _parse(data)
+    except _Unsafe:
+        raise DefinitionError(source, "refused unsafe XML (a DTD)") from None
+    except (expat.ExpatError, LookupError, ValueError) as e:
+        why = expat.ErrorString(e.code) if isinstance(e, expat.ExpatError) else e
+        raise DefinitionError(source, f"malformed XML: {why}") from None
+    net = root.find("network") if root.tag == "hookData" else None
+    if net is None:
+        raise DefinitionError(source, f"root element is <{root.tag}>, expected <hookData> "
+                                      "holding a <network>")
+    return _Reader(net, source).network()
+
+
 class _Reader:
     def __init__(self, root: Element, source: str) -> None:
         self.root = root
@@ -95,13 +120,13 @@ class _Reader:
             raise self.fail(field, f"{attr}={v!r} must be 'yes' or 'no'")
         return _YES[v]
 
-    def port(self, el: Element, attr: str) -> int:
+    def port(self, el: Element, attr: str, label: str = "") -> int:
         v = el.get(attr)
         if v is None:
-            raise self.fail("nat port", f"<port> needs a {attr!r} attribute")
+            raise self.fail(f"{label}nat port", f"<{label}port> needs a {attr!r} attribute")
         n = parse_number(v)
         if n is None:
-            raise self.fail("nat port", f"{attr}={v!r} is not a port number")
+            raise self.fail(f"{label}nat port", f"{attr}={v!r} is not a port number")
         return n
 
     def network(self) -> Network:
@@ -127,27 +152,52 @@ class _Reader:
             dev = fwd.get("dev")
             nat = self.nat(fwd.find("nat"))
 
+        meta = vnetfw_firewall(self.root, self.fail)
+        if meta is not None:
+            if mode is not Mode.OPEN:
+                raise self.fail("metadata", convert_hint(mode, self.source))
+            mode, dev, nat = self.firewall(meta, dev)
         ips = tuple(self.ip(el) for el in self.root.findall("ip"))
         ipv6_nogw = self.yesno(self.root, "ipv6", "ipv6")
         return Network(name=self.name, mode=mode, bridge=bridge, forward_dev=dev, ips=ips,
                        nat=nat, ipv6_nogw=ipv6_nogw, source=self.source).validated()
 
-    def nat(self, el: Element | None) -> Nat:
+    def firewall(self, meta: Element, forward_dev: str | None
+                 ) -> tuple[Mode, str | None, Nat]:
+        """Mode, forward device and NAT options of an open network's vnetfw metadata."""
+        mode = METADATA_MODES[meta.get("mode", "")]         # checked by vnetfw_firewall
+        dev = meta.get("dev")
+        if dev is not None and forward_dev is not None and dev != forward_dev:
+            raise self.fail(f"{PREFIX}firewall dev", f"dev={dev!r} differs from <forward "
+                                                     f"dev={forward_dev!r}>: give it once")
+        dev = dev if dev is not None else forward_dev
+        nat_el = meta.find(NS + "nat")
+        if mode is Mode.ISOLATED and dev is not None:
+            raise self.fail(f"{PREFIX}firewall dev", "an isolated network forwards nothing, "
+                                                     "so it has no forward device")
+        if nat_el is not None and mode is not Mode.NAT:
+            raise self.fail(f"{PREFIX}nat", f"NAT options need mode='nat', not "
+                                            f"{mode.value!r}")
+        return mode, dev, self.nat(nat_el, NS, PREFIX)
+
+    def nat(self, el: Element | None, ns: str = "", label: str = "") -> Nat:
+        """``<nat>`` (``ns``: the namespace of its children; ``label``: how errors name
+        the fields, e.g. ``vnetfw:``)."""
         if el is None:
             return Nat()
-        ipv6 = self.yesno(el, "ipv6", "nat ipv6")
+        ipv6 = self.yesno(el, "ipv6", f"{label}nat ipv6")
         ps, pe = 1024, 65535
-        port = el.find("port")
+        port = el.find(ns + "port")
         if port is not None:
-            ps, pe = self.port(port, "start"), self.port(port, "end")
+            ps, pe = self.port(port, "start", label), self.port(port, "end", label)
         a_start = a_end = None
-        addr = el.find("address")
+        addr = el.find(ns + "address")
         if addr is not None:
             try:
                 a_start = ipaddress.IPv4Address(addr.get("start", ""))
                 a_end = ipaddress.IPv4Address(addr.get("end") or addr.get("start", ""))
             except ValueError:
-                raise self.fail("nat address", f"start={addr.get('start')!r} "
+                raise self.fail(f"{label}nat address", f"start={addr.get('start')!r} "
                                                f"end={addr.get('end')!r} must be IPv4 "
                                                "addresses") from None
         return Nat(port_start=ps, port_end=pe, address_start=a_start, address_end=a_end,

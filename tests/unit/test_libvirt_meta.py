@@ -1,0 +1,136 @@
+"""vnetfw metadata in libvirt network XML: an open network firewalled by vnetfw as the mode
+its metadata says, and every way that metadata can be wrong (one line naming file, network
+and field; nothing loaded)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from vnetfw.errors import DefinitionError
+from vnetfw.model import Mode, Nat
+from vnetfw.sources.libvirt_xml import parse_hook_xml, parse_network_xml
+
+NSDECL = 'xmlns:vnetfw="urn:vnetfw:network:1"'
+
+
+def doc(meta: str = "", forward: str = "<forward mode='open'/>") -> str:
+    return (f"<network><name>web</name>{forward}<bridge name='vb0'/>{meta}"
+            "<ip address='10.0.0.1' prefix='24'><dhcp><range start='10.0.0.9' "
+            "end='10.0.0.99'/></dhcp></ip></network>")
+
+
+def fw(attrs: str, inner: str = "", prefix: str = "vnetfw") -> str:
+    decl = NSDECL.replace("vnetfw", prefix, 1)
+    return (f"<metadata><{prefix}:firewall {decl} {attrs}>{inner}</{prefix}:firewall>"
+            "</metadata>")
+
+
+def test_open_network_without_metadata_stays_open():
+    assert parse_network_xml(doc(), "f.xml").mode is Mode.OPEN
+
+
+@pytest.mark.parametrize("mode", ["nat", "route", "isolated"])
+def test_open_network_is_firewalled_as_its_metadata_says(mode):
+    net = parse_network_xml(doc(fw(f'mode="{mode}"')), "f.xml")
+    assert (net.mode, net.forward_dev, net.nat) == (Mode(mode), None, Nat())
+    assert [str(ip.subnet) for ip in net.ips] == ["10.0.0.0/24"]
+    assert net.source == "f.xml"
+
+
+def test_metadata_says_everything_the_toml_form_can():
+    net = parse_network_xml(doc(fw('mode="nat" dev="eth0"',
+                                   '<vnetfw:nat ipv6="yes"><vnetfw:port start="2000" end="3000"/>'
+                                   '<vnetfw:address start="203.0.113.10" end="203.0.113.20"/>'
+                                   "</vnetfw:nat>")), "f.xml")
+    assert net.mode is Mode.NAT and net.forward_dev == "eth0"
+    assert net.nat == Nat(2000, 3000, ipaddress.IPv4Address("203.0.113.10"),
+                          ipaddress.IPv4Address("203.0.113.20"), True)
+
+
+def test_elements_are_found_by_namespace_not_prefix():
+    net = parse_network_xml(doc(fw('mode="route"', prefix="x")), "f.xml")
+    assert net.mode is Mode.ROUTE
+
+
+def test_other_applications_metadata_is_ignored():
+    other = "<metadata><app:x xmlns:app='urn:other'><app:firewall mode='nat'/></app:x></metadata>"
+    assert parse_network_xml(doc(other), "f.xml").mode is Mode.OPEN
+
+
+def test_forward_dev_of_the_open_forward_counts_when_metadata_has_none():
+    net = parse_network_xml(doc(fw('mode="nat"'), "<forward mode='open' dev='eth1'/>"), "f.xml")
+    assert net.forward_dev == "eth1"
+
+
+def test_hook_input_holds_the_network():
+    data = "<hookData>" + doc(fw('mode="isolated"')) + "</hookData>"
+    net = parse_hook_xml(data, "hook")
+    assert (net.name, net.mode, net.source) == ("web", Mode.ISOLATED, "hook")
+
+
+@pytest.mark.parametrize("forward, mode", [("<forward/>", "nat"),
+                                           ("<forward mode='route'/>", "route"),
+                                           ("", "isolated")])
+def test_a_network_libvirt_firewalls_may_not_carry_vnetfw_metadata(forward, mode):
+    with pytest.raises(DefinitionError) as ei:
+        parse_network_xml(doc(fw('mode="nat"'), forward), "f.xml")
+    e = ei.value
+    assert (e.source, e.network, e.field) == ("f.xml", "web", "metadata")
+    assert f"libvirt already firewalls a {mode} network" in e.problem
+    assert "vnetfw libvirt convert f.xml" in e.problem
+
+
+BAD = [
+    (fw('mode="bridge"'), "vnetfw:firewall mode", "must be one of"),
+    (fw(""), "vnetfw:firewall mode", "missing"),
+    (fw('mode="nat" colour="red"'), "vnetfw:firewall colour", "unknown attribute"),
+    (fw('mode="nat"', "<vnetfw:nta/>"), "vnetfw:firewall nta", "unknown element"),
+    (fw('mode="nat"', "<o:nat xmlns:o='urn:o'/>"), "vnetfw:firewall nat", "unknown element"),
+    (fw('mode="nat"', "text"), "vnetfw:firewall", "attributes only"),
+    (fw('mode="nat"', "<vnetfw:nat/><vnetfw:nat/>"), "vnetfw:nat", "given twice"),
+    (fw('mode="isolated"', "<vnetfw:nat/>"), "vnetfw:nat", "need mode='nat'"),
+    (fw('mode="route"', "<vnetfw:nat/>"), "vnetfw:nat", "need mode='nat'"),
+    (fw('mode="isolated" dev="eth0"'), "vnetfw:firewall dev", "no forward device"),
+    (fw('mode="nat" dev="a/b"'), "forward dev", "may not contain"),
+    (fw('mode="nat"', '<vnetfw:nat><vnetfw:port start="x" end="9"/></vnetfw:nat>'),
+     "vnetfw:nat port", "not a port number"),
+    (fw('mode="nat"', '<vnetfw:nat><vnetfw:port start="9"/></vnetfw:nat>'),
+     "vnetfw:port end", "missing"),
+    (fw('mode="nat"', '<vnetfw:nat><vnetfw:port start="9" end="5"/></vnetfw:nat>'),
+     "nat port", "1 <= start <= end"),
+    (fw('mode="nat"', '<vnetfw:nat ipv6="maybe"/>'), "vnetfw:nat ipv6", "'yes' or 'no'"),
+    (fw('mode="nat"', '<vnetfw:nat><vnetfw:address start="::1"/></vnetfw:nat>'),
+     "vnetfw:nat address", "IPv4"),
+    (fw('mode="nat"', '<vnetfw:nat><vnetfw:port start="1" end="2"><vnetfw:x/></vnetfw:port>'
+                      "</vnetfw:nat>"), "vnetfw:port x", "unknown element"),
+    ("<metadata><vnetfw:nat " + NSDECL + "/></metadata>", "vnetfw:nat", "expected vnetfw:firewall"),
+    (fw('mode="nat"') + fw('mode="nat"'), "vnetfw:firewall", "given twice"),
+    ("<metadata><v:firewall xmlns:v='urn:vnetfw:network:2' mode='nat'/></metadata>", "metadata",
+     "unknown vnetfw namespace"),
+    ("<vnetfw:firewall " + NSDECL + " mode='nat'/>", "vnetfw:firewall", "inside <metadata>"),
+]
+
+
+@pytest.mark.parametrize("meta, field, says", BAD)
+def test_bad_metadata_is_one_line_naming_file_network_and_field(meta, field, says):
+    with pytest.raises(DefinitionError) as ei:
+        parse_network_xml(doc(meta), "f.xml")
+    e = ei.value
+    assert (e.source, e.network, e.field) == ("f.xml", "web", field), str(e)
+    assert says in e.problem
+    assert "\n" not in str(e)
+
+
+def test_an_unbound_prefix_is_malformed_xml():
+    with pytest.raises(DefinitionError, match="malformed XML: unbound prefix"):
+        parse_network_xml(doc("<metadata><vnetfw:firewall mode='nat'/></metadata>"), "f.xml")
+
+
+@pytest.mark.parametrize("data, says", [("<network/>", "expected <hookData>"),
+                                        ("<hookData/>", "expected <hookData>"),
+                                        ("<hookData>", "malformed XML")])
+def test_bad_hook_input(data, says):
+    with pytest.raises(DefinitionError, match=says):
+        parse_hook_xml(data, "hook")
