@@ -19,7 +19,7 @@ from xml.etree.ElementTree import Element
 from xml.parsers import expat
 
 from ..errors import DefinitionError
-from ..model import (IPBlock, Mode, Nat, Network, classful_prefix, netmask_prefix, parse_ip,
+from ..model import (DhcpHost, IPBlock, Mode, Nat, Network, classful_prefix, netmask_prefix, parse_ip,
                      parse_number)
 from .libvirt_meta import METADATA_MODES, NS, PREFIX, convert_hint, vnetfw_firewall
 
@@ -222,7 +222,19 @@ class _Reader:
                                         or dhcp_el.find("host") is not None)
         tftp = el.find("tftp")
         tftp_root = tftp.get("root") if tftp is not None else None
-        return IPBlock(addr, prefix, dhcp, tftp_root)
+        return IPBlock(addr, prefix, dhcp, tftp_root, self.hosts(dhcp_el))
+
+    def hosts(self, dhcp_el: Element | None) -> tuple[DhcpHost, ...]:
+        """Static hosts with both a name and an address: names a port forward may use."""
+        out = []
+        for h in dhcp_el.findall("host") if dhcp_el is not None else ():
+            name, ip = h.get("name"), h.get("ip")
+            if name and ip:
+                try:
+                    out.append(DhcpHost(name, parse_ip(ip)))
+                except ValueError:
+                    raise self.fail("ip dhcp host", f"ip={ip!r} is not an IP address") from None
+        return tuple(out)
 
     def prefix(self, el: Element, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
         mask, prefix = el.get("netmask"), el.get("prefix")

@@ -14,6 +14,20 @@ A file holds one network as top-level keys, or several as ``[[network]]`` tables
     prefix = 24                  # or netmask = "255.255.255.0"; default as libvirt: classful /64
     dhcp = true
     tftp_root = "/srv/tftp"      # optional, IPv4 only
+    hosts = [{ name = "web", ip = "192.168.122.10" }]   # static DHCP hosts (optional)
+
+    [[network.port_forward]]     # publish a guest port on the host (nat and route networks)
+    proto = "tcp"                # "tcp" or "udp"
+    port = 8080                  # the host's port, or a range "2200-2201"
+    to = "192.168.122.10"        # a guest address in one of the subnets, or a DHCP host name
+    to_port = 80                 # optional, default = port; a range maps one to one
+    host_address = "203.0.113.5" # optional: only connections to this host address
+    source = ["198.51.100.0/24"] # optional: only from these sources
+
+    [[network.allow]]            # this network's guests may open connections into "db"
+    to = "db"
+    ports = ["tcp/5432", "udp/53"]   # optional, default: everything
+    source = ["10.1.0.0/28"]     # optional: part of this network
 
 Unknown keys are errors, so a typo never silently changes what is firewalled.
 """
@@ -25,11 +39,15 @@ import tomllib
 from typing import Any
 
 from ..errors import DefinitionError
-from ..model import IPBlock, Mode, Nat, Network, classful_prefix, netmask_prefix, parse_ip
+from ..model import (Allow, DhcpHost, IPBlock, Mode, Nat, Network, PortForward, classful_prefix,
+                     make_allow, make_port_forward, netmask_prefix, parse_ip)
 
-_NET_KEYS = {"name", "bridge", "mode", "forward_dev", "ipv6", "nat", "ip"}
+_NET_KEYS = {"name", "bridge", "mode", "forward_dev", "ipv6", "nat", "ip", "port_forward",
+             "allow"}
 _NAT_KEYS = {"ports", "address", "ipv6"}
-_IP_KEYS = {"address", "prefix", "netmask", "dhcp", "tftp_root"}
+_IP_KEYS = {"address", "prefix", "netmask", "dhcp", "tftp_root", "hosts"}
+_FORWARD_KEYS = {"proto", "port", "to", "to_port", "host_address", "source"}
+_ALLOW_KEYS = {"to", "ports", "source"}
 
 
 def parse_toml(data: bytes | str, source: str = "<string>") -> list[Network]:
@@ -81,8 +99,37 @@ def _network(t: Any, source: str) -> Network:
     if not isinstance(ips_raw, list):
         raise fail("ip", "must be an array of tables ([[network.ip]])")
     ips = tuple(_ip(i, fail) for i in ips_raw)
+    forwards = tuple(_port_forward(f, i, fail)
+                     for i, f in enumerate(_tables(t, "port_forward", fail)))
+    allows = tuple(_allow(a, i, fail) for i, a in enumerate(_tables(t, "allow", fail)))
     return Network(name=name, mode=mode, bridge=t.get("bridge"), forward_dev=t.get("forward_dev"),
-                   ips=ips, nat=nat, ipv6_nogw=t.get("ipv6", False), source=source).validated()
+                   ips=ips, nat=nat, ipv6_nogw=t.get("ipv6", False), source=source,
+                   port_forwards=forwards, allows=allows).validated()
+
+
+def _tables(t: dict, key: str, fail) -> list:
+    raw = t.get(key, [])
+    if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw):
+        raise fail(key, f"must be an array of tables ([[network.{key}]])")
+    return raw
+
+
+def _port_forward(f: dict, i: int, fail) -> PortForward:
+    where = f"port_forward[{i}]"
+    unknown = set(f) - _FORWARD_KEYS
+    if unknown:
+        raise fail(f"{where}.{sorted(unknown)[0]}",
+                   f"unknown key (known: {', '.join(sorted(_FORWARD_KEYS))})")
+    return make_port_forward(lambda field, problem: fail(f"{where}.{field}", problem), **f)
+
+
+def _allow(a: dict, i: int, fail) -> Allow:
+    where = f"allow[{i}]"
+    unknown = set(a) - _ALLOW_KEYS
+    if unknown:
+        raise fail(f"{where}.{sorted(unknown)[0]}",
+                   f"unknown key (known: {', '.join(sorted(_ALLOW_KEYS))})")
+    return make_allow(lambda field, problem: fail(f"{where}.{field}", problem), **a)
 
 
 def _nat(n: Any, fail) -> Nat:
@@ -140,4 +187,19 @@ def _ip(i: Any, fail) -> IPBlock:
     tftp = i.get("tftp_root")
     if tftp is not None and not isinstance(tftp, str):
         raise fail("ip.tftp_root", "must be a string")
-    return IPBlock(addr, prefix, i.get("dhcp", False), tftp)
+    return IPBlock(addr, prefix, i.get("dhcp", False), tftp, _hosts(i.get("hosts", []), fail))
+
+
+def _hosts(raw: Any, fail) -> tuple[DhcpHost, ...]:
+    if not isinstance(raw, list):
+        raise fail("ip.hosts", "must be a list of { name = ..., ip = ... } tables")
+    out = []
+    for h in raw:
+        if not (isinstance(h, dict) and set(h) <= {"name", "ip", "mac"}
+                and isinstance(h.get("name"), str) and isinstance(h.get("ip"), str)):
+            raise fail("ip.hosts", "each host is { name = \"web\", ip = \"192.168.122.10\" }")
+        try:
+            out.append(DhcpHost(h["name"], parse_ip(h["ip"])))
+        except ValueError:
+            raise fail("ip.hosts", f"{h['ip']!r} is not an IP address") from None
+    return tuple(out)
