@@ -24,10 +24,14 @@ Ctrl-C: from the moment the backend commits, the first one is held back and rais
 command is done, its state written and its zones and hooks run (the CLI: its report, then
 exit 130; ``interrupts``); before, nothing has changed and it stops the command at once.
 
-Optional rules (the CHECKSUM fix-up, which some kernels lack): if a full commit fails and
-what the backend implements of the desired ruleset holds optional rules (never on nftables,
-which has no CHECKSUM), the change is committed again without them and the report carries a
-warning, like libvirt which treats that rule as best-effort.
+Optional rules (the CHECKSUM fix-up, which some kernels lack): if a full commit fails, what
+the backend implements of the desired ruleset holds optional rules (never on nftables,
+which has no CHECKSUM) and the backend has evidence that the kernel lacks their target (the
+tool's message naming it, or a probe of it), the change is committed again without them
+and the report carries a warning, like libvirt which treats that rule as best-effort.
+Without such evidence a failed commit is a failed command: undone, reported, nothing
+retried and no rule left out (a restore that failed once is no reason to drop the CHECKSUM
+rules of every network).
 """
 
 from __future__ import annotations
@@ -262,8 +266,9 @@ class Engine:
         state unsaved; the next command finds and repairs it); a definition error then wins
         over the backend's; where another writer may have been in the load's way
         (``Backend.shares_chains``: iptables) the ordinary path runs once with the whole
-        plan; a refusal that stands, for a plan with optional rules (which the kernel may
-        lack), is tried once more without them. If the tool could not be fed at all
+        plan; a refusal that stands, for a plan with optional rules, is tried once more
+        without them only on evidence that the kernel lacks their target
+        (``_without_optional``). If the tool could not be fed at all
         (``FeedUnavailable``), the ordinary path runs."""
         if g0 is _UNREAD:
             g0 = self._generation(backend)
@@ -311,13 +316,31 @@ class Engine:
                 raise                           # no baseline for another attempt
             except BackendError as e:
                 refused = e
+        return self._without_optional(backend, desired, scope, dry_run, report, prefix,
+                                      refused)
+
+    def _without_optional(self, backend: Backend, desired: Ruleset | None, scope: Scope,
+                          dry_run: bool, report: Report, prefix: str | None,
+                          refused: BackendError) -> None:
+        """After ``refused`` (undone): if the plan holds optional rules and the backend has
+        evidence that this kernel lacks their target (``Backend.lacks_optional``: the
+        tool's message naming it, or a probe of it), commit once more without those of
+        them that are not live already, with a warning; else ``refused`` stands. A refusal
+        for any other reason (a tool that failed once, a lock, a writer in the way) is
+        reported as the failure it is, and never costs a rule that is live and fine."""
         eff = backend.effective(desired) if desired is not None else None
         if eff is None or not any(r.optional for r in eff.rules):
             raise refused
-        trimmed = replace(desired, rules=tuple(r for r in desired.rules if not r.optional))
-        report.warnings.append(f"optional rules (CHECKSUM fix-up) left out: {refused}")
-        self._commit_diff(backend, backend.read(), trimmed, scope, dry_run, report, None,
-                          prefix)
+        why = backend.lacks_optional(refused, eff)
+        if why is None:
+            raise refused
+        assert desired is not None
+        live = backend.read()
+        kept = set(backend.live_ruleset(live, desired.prefix).rules)
+        trimmed = replace(desired, rules=tuple(r for r in desired.rules
+                                               if not r.optional or r in kept))
+        report.warnings.append(f"optional rules (CHECKSUM fix-up) left out: {why}")
+        self._commit_diff(backend, live, trimmed, scope, dry_run, report, None, prefix)
         return None     # the plan holds rules the kernel refused: never "untouched"
 
     def _then_arm(self, networks: Iterable[tuple[str, Sequence[Rule]]]

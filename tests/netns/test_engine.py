@@ -1020,13 +1020,14 @@ def eng_runner(ns: str):
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
 def test_kernel_without_checksum_gets_everything_else(netns, flavour, tmp_path, monkeypatch):
-    """The CHECKSUM fix-up is optional: when the kernel refuses it (simulated: its target is
-    renamed to one that does not exist), the first apply — streamed into a vacant firewall,
-    then read, diffed and retried — lands every other rule, with a warning."""
-    from vnetfw.backends import iptables as ipt
-    real = ipt.render_rule
-    monkeypatch.setattr(ipt, "render_rule", lambda r: real(r).replace(
-        "-j CHECKSUM --checksum-fill", "-j NO_CHECKSUM_HERE") if r.optional else real(r))
+    """The CHECKSUM fix-up is optional: when the kernel lacks it (simulated: tools first on
+    PATH that answer as iptables 1.8.9 does on such a kernel), the first apply — streamed
+    into a vacant firewall, then read, diffed and retried — lands every other rule, with a
+    warning."""
+    from tests.netns.test_optional_rules import kernel_without_checksum
+    (tmp_path / "bin").mkdir()
+    kernel_without_checksum(tmp_path / "bin", flavour)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
     eng = engine(netns, flavour, tmp_path)
     rep = eng.apply(NETS)
     assert any("CHECKSUM" in w for w in rep.warnings)

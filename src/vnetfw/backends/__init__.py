@@ -115,6 +115,15 @@ class Backend:
         so it drops those optional rules). Compare ``live_ruleset`` with this, not ``desired``."""
         return desired
 
+    def lacks_optional(self, refused: BackendError | None, desired: Ruleset) -> str | None:
+        """Evidence, as one line, that this kernel lacks the target of the optional rules in
+        ``desired`` (what ``effective`` keeps): the tool's own message naming the target in
+        ``refused`` (the error of a commit that held them), or a probe of the target itself.
+        None without such evidence: a refusal is then a failure like any other, reported as
+        such, and no rule is left out for it (a restore can fail for a reason of the moment,
+        and live, working rules must not go because of it)."""
+        return None
+
     def available(self, probe: bool = True) -> str | None:
         """None if usable here, else why not (missing command, kernel refuses). Without
         ``probe``, only what costs no process (the commands exist); the commit then says

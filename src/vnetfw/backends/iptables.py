@@ -57,6 +57,13 @@ BUILTINS = {
 }
 _DEFAULT_REJECT = {4: "icmp-port-unreachable", 6: "icmp6-port-unreachable"}
 _UNKNOWN = object()
+# How iptables (1.8.9 on) says the kernel lacks a target: parsing ``-j CHECKSUM`` asks the
+# kernel for the target's revision (x_tables: IPT_SO_GET_REVISION_TARGET; nf_tables:
+# NFT_COMPAT_GET; either loads the module if it can), and without an answer it warns and
+# cannot load the target. "Couldn't load target" is what it says when even the extension
+# is not installed. Either names the target.
+_TARGET_MISSING = re.compile(r"Extension (\w+) (?:revision \d+ |is )?not supported[^;]*"
+                             r"|Couldn't load target `(\w+)'[^;]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -661,6 +668,31 @@ class IptablesBackend(Backend):
         if not self.nf_tables:
             return None
         return sum(len(eds) for eds in changes.payload.values())
+
+    def lacks_optional(self, refused: BackendError | None, desired: Ruleset) -> str | None:
+        """The refusal's own words if they name the optional rules' target, else a probe:
+        ``iptables -j TARGET -h`` asks the kernel for the target (see ``_TARGET_MISSING``)
+        and touches no table; if it answers with no help for the target, the target cannot
+        be loaded here. A probe that fails to run is no evidence. (iptables before 1.8.9
+        does not ask the kernel when it parses, so there a kernel without the target shows
+        as an ordinary failed change.)"""
+        optional = [r for r in desired.rules if r.optional]
+        targets = {r.verdict for r in optional}
+        if refused is not None:
+            for m in _TARGET_MISSING.finditer(str(refused)):
+                if (m[1] or m[2]) in targets:
+                    return m[0].strip()
+        for fam in sorted({r.family for r in optional}):
+            tool = self._cmd[fam][0].removesuffix("-save")
+            for target in sorted(targets):
+                try:
+                    out = self.runner.run([tool, "-j", target, "-h"])
+                except BackendError:
+                    continue
+                if f"{target} target options" not in out:
+                    return (f"{tool} cannot load the {target} target here (the kernel has "
+                            f"no xt_{target})")
+        return None
 
     def available(self, probe: bool = True) -> str | None:
         for save, restore in self._cmd.values():
