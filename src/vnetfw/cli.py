@@ -30,7 +30,8 @@ examples:
 """
 
 
-def _global_options(parser: argparse.ArgumentParser, top: bool) -> None:
+def _global_options(parser: argparse.ArgumentParser, top: bool,
+                    hooks_dir: bool = True) -> None:
     # On subparsers the defaults are SUPPRESS so an option given before the subcommand is
     # not overwritten by the subparser's default.
     d = (lambda v: v) if top else (lambda v: argparse.SUPPRESS)
@@ -49,9 +50,10 @@ def _global_options(parser: argparse.ArgumentParser, top: bool) -> None:
     g.add_argument("--state-dir", default=d(None), metavar="DIR",
                    help="desired-state directory (default: $VNETFW_STATE_DIR or "
                         "/var/lib/vnetfw, or /var/lib/vnetfw/netns/NAME with --netns)")
-    g.add_argument("--hooks-dir", default=d(None), metavar="DIR",
-                   help="hook scripts run after networks change (default: $VNETFW_HOOKS_DIR "
-                        "or /etc/vnetfw/hooks.d)")
+    if hooks_dir:
+        g.add_argument("--hooks-dir", default=d(None), metavar="DIR",
+                       help="hook scripts run after networks change (default: "
+                            "$VNETFW_HOOKS_DIR or /etc/vnetfw/hooks.d)")
     g.add_argument("--json", action="store_true", default=d(False),
                    help="machine-readable output")
     g.add_argument("-v", "--verbose", action="store_true", default=d(False),
@@ -66,9 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     _global_options(p, top=True)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    def cmd(name: str, help: str) -> argparse.ArgumentParser:
+    def cmd(name: str, help: str, hooks_dir: bool = True) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=help)
-        _global_options(sp, top=False)
+        _global_options(sp, top=False, hooks_dir=hooks_dir)
         return sp
 
     sp = cmd("setup", "create the private chains and jumps (idempotent); report what changed")
@@ -132,6 +134,18 @@ def build_parser() -> argparse.ArgumentParser:
                        "networks, with the fix; changes nothing; exit 1 if something will")
     sp.add_argument("paths", nargs="*", metavar="PATH",
                     help="networks to check (default: the active networks)")
+    sp = cmd("libvirt-hook", "libvirt's network hook: 'libvirt-hook NAME OP SUBOP -' (what "
+                             "libvirt runs; firewalls open networks that carry vnetfw "
+                             "metadata), 'libvirt-hook install' and 'libvirt-hook uninstall'",
+             hooks_dir=False)
+    sp.add_argument("event", nargs="+", metavar="ARG",
+                    help="install | uninstall | NAME OP SUBOP - (as libvirt calls it)")
+    sp.add_argument("--hooks-dir", dest="libvirt_hooks_dir", metavar="DIR",
+                    default="/etc/libvirt/hooks/network.d",
+                    help="install/uninstall: libvirt's network hooks folder (default "
+                         "/etc/libvirt/hooks/network.d). vnetfw's own hooks folder, for the "
+                         "installed hook to use, goes before the command: vnetfw --hooks-dir "
+                         "DIR libvirt-hook install")
     return p
 
 
@@ -351,6 +365,34 @@ def cmd_migrate(a):
     return 6 if rep.apply.hook_failures else 0
 
 
+def cmd_libvirt_hook(a):
+    from . import libvirt_hook as lh
+    ev = a.event
+    if ev in (["install"], ["uninstall"]):
+        if ev[0] == "install":
+            cmd = lh.hook_command(a)
+            path = lh.install(a.libvirt_hooks_dir, cmd)
+            print(f"installed {path}: runs {' '.join(cmd)} libvirt-hook ...")
+            print(f"note: {lh.RESTART_ADVICE}")
+        else:
+            path = lh.uninstall(a.libvirt_hooks_dir)
+            print(f"removed {path}" if path else
+                  f"no vnetfw hook in {a.libvirt_hooks_dir}: nothing to remove")
+            if path:
+                print("note: libvirt no longer runs it; the networks it firewalled keep "
+                      "their rules until 'vnetfw remove NAME'")
+        return 0
+    if len(ev) != 4:
+        from .errors import DefinitionError
+        raise DefinitionError("libvirt-hook", "expected 'install', 'uninstall' or the four "
+                                              f"arguments libvirt gives (NAME OP SUBOP -), not "
+                                              f"{' '.join(ev)!r}")
+    done = lh.run_event(ev, sys.stdin.buffer, lambda: _engine(a))
+    if done:
+        print(done)
+    return 0
+
+
 def cmd_doctor(a):
     from .doctor import run_doctor
     return run_doctor(a)
@@ -362,6 +404,7 @@ COMMANDS = {"setup": cmd_setup, "apply": cmd_apply, "remove": cmd_remove, "list"
             "demo": cmd_demo}
 COMMANDS.update(migrate=cmd_migrate, doctor=cmd_doctor)
 COMMANDS.update(watch=cmd_watch)
+COMMANDS["libvirt-hook"] = cmd_libvirt_hook
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -128,6 +128,11 @@ def test_an_unbound_prefix_is_malformed_xml():
         parse_network_xml(doc("<metadata><vnetfw:firewall mode='nat'/></metadata>"), "f.xml")
 
 
+def test_hook_input_without_vnetfw_metadata_is_none_of_vnetfws_business():
+    assert parse_hook_xml("<hookData>" + doc() + "</hookData>", "hook") is None
+    assert parse_hook_xml("<hookData>" + doc(forward="<forward/>") + "</hookData>", "h") is None
+
+
 @pytest.mark.parametrize("data, says", [("<network/>", "expected <hookData>"),
                                         ("<hookData/>", "expected <hookData>"),
                                         ("<hookData>", "malformed XML")])

@@ -86,9 +86,12 @@ def parse_network_xml(data: bytes | str, source: str = "<string>") -> Network:
     return _Reader(root, source).network()
 
 
-def parse_hook_xml(data: bytes | str, source: str = "<libvirt hook>") -> Network:
-    """The network of what libvirt gives its network hook on stdin:
-    ``<hookData><network>...</network>...</hookData>``."""
+def parse_hook_xml(data: bytes | str, source: str = "<libvirt hook>") -> Network | None:
+    """The network of what libvirt gives its network hook on stdin
+    (``<hookData><network>...</network>...</hookData>``) if vnetfw firewalls it: an open
+    network with vnetfw metadata. None when it carries no vnetfw metadata (libvirt
+    firewalls it itself, or it is open and left alone). Raises ``DefinitionError`` when the
+    metadata is wrong or the network is not open."""
     try:
         root = _parse(data)
     except _Unsafe:
@@ -100,7 +103,11 @@ def parse_hook_xml(data: bytes | str, source: str = "<libvirt hook>") -> Network
     if net is None:
         raise DefinitionError(source, f"root element is <{root.tag}>, expected <hookData> "
                                       "holding a <network>")
-    return _Reader(net, source).network()
+    reader = _Reader(net, source)
+    reader.read_name()
+    if vnetfw_firewall(net, reader.fail) is None:
+        return None
+    return reader.network()
 
 
 class _Reader:
@@ -129,11 +136,15 @@ class _Reader:
             raise self.fail(f"{label}nat port", f"{attr}={v!r} is not a port number")
         return n
 
-    def network(self) -> Network:
+    def read_name(self) -> str:
         name_el = self.root.find("name")
         if name_el is None or not (name_el.text or "").strip():
             raise self.fail("name", "missing <name>")
         self.name = name_el.text.strip()
+        return self.name
+
+    def network(self) -> Network:
+        self.read_name()
 
         bridge_el = self.root.find("bridge")
         bridge = bridge_el.get("name") if bridge_el is not None else None
