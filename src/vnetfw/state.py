@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 from . import __version__
-from .errors import StateError
+from .errors import LockTimeout, StateError
 from .backends.nfgen import Generation
 from .model import Network, network_from_dict
 
@@ -75,7 +75,8 @@ class StateStore:
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as e:
-            raise StateError(f"{self.dir}: cannot use state directory: {e.strerror}") from None
+            raise StateError(f"{self.dir}: cannot use state directory: {e.strerror}",
+                             file=str(self.dir)) from None
         try:
             deadline = time.monotonic() + timeout
             while True:
@@ -87,8 +88,9 @@ class StateStore:
                         raise
                     if time.monotonic() > deadline:
                         holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-                        raise StateError(f"{self.dir}/lock: another vnetfw (pid {holder or '?'}) "
-                                         f"has held the lock for over {timeout:.0f}s") from None
+                        raise LockTimeout(f"{self.dir}/lock: another vnetfw (pid {holder or '?'}) "
+                                         f"has held the lock for over {timeout:.0f}s",
+                                          file=str(self.dir / "lock")) from None
                     time.sleep(0.05)
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -110,7 +112,8 @@ class StateStore:
         except FileNotFoundError:
             return State()
         except OSError as e:
-            raise StateError(f"{self.path}: cannot read: {e.strerror}") from None
+            raise StateError(f"{self.path}: cannot read: {e.strerror}",
+                             file=str(self.path)) from None
         try:
             d = json.loads(raw)
             if d.get("version") != FORMAT_VERSION:
@@ -119,7 +122,7 @@ class StateStore:
             nets = [network_from_dict(n) for n in raw_nets]
         except (ValueError, KeyError, TypeError, IndexError) as e:
             raise StateError(f"{self.path}: corrupt state ({e}); move it aside and run "
-                             "'vnetfw apply' again") from None
+                             "'vnetfw apply' again", file=str(self.path)) from None
         try:
             gen = Generation(*d["generation"]) if d.get("generation") else None
         except TypeError:
@@ -144,4 +147,5 @@ class StateStore:
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
         except OSError as e:
-            raise StateError(f"{self.path}: cannot write: {e.strerror}") from None
+            raise StateError(f"{self.path}: cannot write: {e.strerror}",
+                             file=str(self.path)) from None

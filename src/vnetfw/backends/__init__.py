@@ -65,9 +65,30 @@ class Change(NamedTuple):
         net = f"  [{self.network}]" if self.network else ""
         return f"{fam}{self.where}: {self.what} {self.detail}".rstrip() + net
 
+    @property
+    def problem(self) -> str:
+        """What is wrong with the live firewall that this change repairs: ``missing``,
+        ``unexpected``, ``misplaced`` or ``differs`` (``what`` is the repair)."""
+        return PROBLEMS.get(self.what, "differs")
+
+    def drift_text(self) -> str:
+        """The change phrased as what is wrong now (``check``, ``status``)."""
+        fam = f"ipv{self.family} " if self.family else ""
+        net = f" (network {self.network})" if self.network else ""
+        return f"{fam}{self.where}: {self.problem} {self.detail}{net}"
+
     def to_json(self) -> dict[str, Any]:
-        return {"family": f"ipv{self.family}" if self.family else None, "what": self.what,
-                "where": self.where, "detail": self.detail, "network": self.network}
+        """The one change/drift object of every ``--json`` output (docs/json.md)."""
+        return {"network": self.network,
+                "family": f"ipv{self.family}" if self.family else None,
+                "where": self.where, "problem": self.problem, "repair": self.what,
+                "detail": self.detail, "text": self.drift_text()}
+
+
+# A Change says what a sync does (its ``what``: the repair); as drift, what is wrong now.
+PROBLEMS = {"create": "missing", "add": "missing", "insert": "missing",
+            "delete": "unexpected", "move": "misplaced", "replace": "differs",
+            "reset": "differs", "rebuild": "differs"}
 
 
 @dataclass
