@@ -47,7 +47,7 @@ from typing import Any, Callable, Collection, Iterable, Iterator, NamedTuple, Se
 from .backends import BACKENDS, Backend, Change, Scope, get_backend
 from .backends.nfgen import Generation
 from .backends.runner import FeedUnavailable, Runner
-from .errors import BackendError, DefinitionError, RollbackIncomplete
+from .errors import BackendError, RollbackIncomplete, UsageError
 from . import interrupts
 from .model import Mode, Network, validate_together
 from .plan import PROFILES, Profile, network_rules, plan, plan_networks
@@ -56,12 +56,6 @@ from .state import State, StateStore, default_state_dir
 
 DEFAULT_HOOKS_DIR = "/etc/vnetfw/hooks.d"
 _UNREAD = object()      # _sync's generation argument when the caller has not read it
-
-# Drift wording: a Change says what a sync would do; as drift it says what is wrong now.
-_DRIFT_WORDS = {"create": "missing", "add": "missing", "insert": "missing",
-                "delete": "unexpected", "move": "misplaced", "replace": "wrong",
-                "reset": "wrong", "rebuild": "foreign objects in"}
-
 
 def _some(names: list[str], shown: int = 8) -> str:
     """Names for an error message: a host with 1,000 networks gets a line, not a page."""
@@ -73,9 +67,7 @@ def _some(names: list[str], shown: int = 8) -> str:
 
 def drift_text(c: Change) -> str:
     """A backend change, phrased as what is wrong with the live firewall."""
-    fam = f"ipv{c.family} " if c.family else ""
-    net = f" (network {c.network})" if c.network else ""
-    return f"{fam}{c.where}: {_DRIFT_WORDS.get(c.what, c.what)} {c.detail}{net}"
+    return c.drift_text()
 
 
 class Partial(NamedTuple):
@@ -113,14 +105,14 @@ class Report:
 
 def resolve_profile(name: str, prefix: str | None = None) -> Profile:
     if name not in PROFILES:
-        raise DefinitionError("--profile", f"unknown profile {name!r} (expected one of "
+        raise UsageError("--profile", f"unknown profile {name!r} (expected one of "
                                            f"{', '.join(PROFILES)})")
     prof = PROFILES[name]
     if prefix is not None:
         try:
             prof = prof.with_prefix(prefix)
         except ValueError as e:
-            raise DefinitionError("--prefix", str(e)) from None
+            raise UsageError("--prefix", str(e)) from None
     return prof
 
 
@@ -444,12 +436,14 @@ class Engine:
         with self.store.lock(), self.interrupts:
             state = self.store.load()
             b = self.backend_for(state)
-            rep = Report("setup", b.name)
+            rep = Report("setup", b.name, applied=not dry_run)
             self._sync(b, plan((), self.profile_for(state)), "setup", dry_run, rep)
             return rep
 
-    def apply(self, networks: Iterable[Network], dry_run: bool = False) -> Report:
-        """Start or update ``networks``; every other active network stays as it is.
+    def apply(self, networks: Iterable[Network], dry_run: bool = False, *,
+              exact: bool = False) -> Report:
+        """Start or update ``networks``; every other active network stays as it is (with
+        ``exact``, see ``sync``: every other active network is removed, in the same commit).
 
         ``networks`` may be lazy (the CLI reads definition files as they are asked for).
         While vnetfw's last commit may still be live (a re-apply, an added network) every
@@ -476,9 +470,10 @@ class Engine:
                 if not merged:
                     nets.extend(source)
                     new = {n.name for n in nets}
-                    validate_together([n for k, n in state.networks.items() if k not in new]
-                                      + nets)
-                    merged.update(state.networks)
+                    kept = [] if exact else [n for k, n in state.networks.items()
+                                             if k not in new]
+                    validate_together(kept + nets)
+                    merged.update((n.name, n) for n in kept)
                     merged.update((n.name, n) for n in nets)
                 return merged
 
@@ -493,7 +488,7 @@ class Engine:
                 yield from ((k, network_rules(n, prof))
                             for k, n in sorted(everything().items()) if k not in done)
 
-            rep = Report("apply", b.name)
+            rep = Report("sync" if exact else "apply", b.name, applied=not dry_run)
             if self._last_commit_was(state, b, prof):
                 everything()        # likely unchanged or a small change: read all files
                                     # while the prefetched generation arrives
@@ -514,8 +509,17 @@ class Engine:
                 self._save(state, b, prof, everything(), gen)
                 self._zones(old, merged, rep)
                 self._run_hooks([(n, "updated" if n.name in old else "added") for n in nets
-                                 if old.get(n.name) != n], rep)
+                                 if old.get(n.name) != n]
+                                + [(n, "removed") for k, n in sorted(old.items())
+                                   if k not in merged], rep)
             return rep
+
+    def sync(self, networks: Iterable[Network], dry_run: bool = False) -> Report:
+        """Make the active networks exactly ``networks``: start or update them and remove
+        every other active network, in one atomic change (``apply`` with ``exact``). Hooks
+        get ``added``/``updated`` for the given networks that changed and ``removed`` for
+        the others."""
+        return self.apply(networks, dry_run, exact=True)
 
     @staticmethod
     def _noted(rep: Report, nets: list[Network]) -> Report:
@@ -536,12 +540,12 @@ class Engine:
             state = self.store.load()
             unknown = [n for n in names if n not in state.networks]
             if unknown:
-                raise DefinitionError("remove", f"not active: {', '.join(unknown)} (active: "
+                raise UsageError("remove", f"not active: {', '.join(unknown)} (active: "
                                       f"{_some(sorted(state.networks))})")
             b = self.backend_for(state)
             prof = self.profile_for(state)
             kept = {k: v for k, v in state.networks.items() if k not in names}
-            rep = Report("remove", b.name, networks=sorted(names))
+            rep = Report("remove", b.name, networks=sorted(names), applied=not dry_run)
             gen = self._sync(b, lambda: plan(kept.values(), prof), "full", dry_run, rep,
                              partial=self._partial(state, b, prof, kept))
             if self._switch_away(state, b, prof, dry_run, rep):
@@ -562,7 +566,12 @@ class Engine:
             state = self.store.load()
             b = self.backend_for(state)
             prof = self.profile_for(state)
-            rep = Report("reload", b.name, networks=sorted(state.networks))
+            rep = Report("reload", b.name, networks=sorted(state.networks), applied=not dry_run)
+            if not state.networks:
+                # No desired state (never applied, or torn down): nothing to repair, and
+                # nothing to re-create. (A layout left by 'setup' or by removing the last
+                # network is not guarded either: see ``check``.)
+                return rep
             if self._untouched(state, b, prof, state.networks):
                 gen = state.generation
             else:
@@ -583,8 +592,14 @@ class Engine:
 
     def check(self) -> list[Change]:
         """Every difference between the live firewall and the desired state (empty: clean).
-        Read-only; phrase them with ``drift_text``."""
+        Read-only; phrase them with ``drift_text``.
+
+        No active networks (never applied, torn down, or every one removed) is no desired
+        state: clean, without reading the firewall, as ``watch`` sees it ("nothing to
+        guard") and as ``reload`` acts on it (nothing to re-create)."""
         state = self.store.load()
+        if not state.networks:
+            return []
         b = self.backend_for(state)
         prof = self.profile_for(state)
         if self._untouched(state, b, prof, state.networks):
@@ -598,7 +613,8 @@ class Engine:
             state = self.store.load()
             b = self.backend_for(state)
             prof = self.profile_for(state)
-            rep = Report("teardown", b.name, networks=sorted(state.networks))
+            rep = Report("teardown", b.name, networks=sorted(state.networks),
+                         applied=not dry_run)
             self._sync(b, None, "teardown", dry_run, rep, prefix=state.prefix or prof.prefix,
                        g0=None)                 # not recorded: no generation to read
             if not dry_run:
@@ -616,15 +632,15 @@ class Engine:
         b = self.backend_for(state)
         prof = self.profile_for(state)
         desired = plan(state.networks.values(), prof)
-        drift = [] if self._untouched(state, b, prof, state.networks) \
-            else b.changes(b.read(), desired, "full").items
+        drift = [] if not state.networks or self._untouched(state, b, prof, state.networks) \
+            else b.changes(b.read(), desired, "full").items     # none: clean (``check``)
         per_net: dict[str, int] = {}
         for r in desired.rules:
             per_net[r.network] = per_net.get(r.network, 0) + 1
         return {
             "backend": b.name, "profile": prof.name, "prefix": prof.prefix,
-            "state_dir": str(self.store.dir),
-            "in_sync": not drift, "drift": [drift_text(c) for c in drift],
+            "state_dir": str(self.store.dir), "desired": bool(state.networks),
+            "in_sync": not drift, "drift": drift,
             "networks": [{"name": n.name, "mode": n.mode.value, "bridge": n.bridge,
                           "forward_dev": n.forward_dev,
                           "subnets": [str(ip.subnet) for ip in n.ips],
