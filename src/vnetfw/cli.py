@@ -4,7 +4,7 @@ Global options (``--backend``, ``--profile``, ``--prefix``, ``--netns``, ``--sta
 ``--json``) are accepted before the subcommand and after it; ``VNETFW_BACKEND``,
 ``VNETFW_PROFILE`` and ``VNETFW_STATE_DIR`` set their defaults. Imports of the engine and
 its dependencies are deferred to the command that needs them, so ``vnetfw --help`` starts
-fast.
+fast. What is printed, and the exit statuses, are ``output``'s.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ from __future__ import annotations
 import argparse
 import atexit
 import gc
-import json
 import os
 import sys
 from typing import Any, Callable, NoReturn
+
+from . import output
 
 BACKEND_CHOICES = ("auto", "nftables", "iptables", "iptables-nft", "iptables-legacy")
 EXAMPLES = """\
@@ -23,11 +24,14 @@ examples:
   vnetfw render net.xml                      show what apply would load (no root needed)
   vnetfw apply /etc/libvirt/qemu/networks    start or update every network in a folder
   vnetfw apply --dry-run default.xml         show the changes against the live ruleset
+  vnetfw sync /etc/vnetfw/networks           make the active networks exactly these
+  virsh net-dumpxml default | vnetfw apply - read one definition from stdin (XML or TOML)
   vnetfw remove default                      remove a network's rules
   vnetfw status --json                       active networks and whether rules are in place
   vnetfw --netns lab1 setup                  create the private chains inside namespace lab1
   vnetfw demo                                prove isolation with real packets in a sandbox
-"""
+
+""" + output.exit_codes_text()
 
 
 def _global_options(parser: argparse.ArgumentParser, top: bool,
@@ -60,8 +64,20 @@ def _global_options(parser: argparse.ArgumentParser, top: bool,
                    help="list every change, however many (watch: also log every check)")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, whose usage errors become a JSON error document when ``--json`` was
+    asked for (``json_errors``, set by ``main`` from the raw arguments)."""
+
+    json_errors = False
+
+    def error(self, message: str) -> NoReturn:
+        if Parser.json_errors:
+            output.emit_json(output.error_doc(None, "usage", f"{self.prog}: {message}"))
+        super().error(message)      # the usage line on stderr, exit 2
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="vnetfw", description="Firewall manager for Linux virtual networks.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="store_true", help="print the version and exit")
@@ -76,14 +92,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp = cmd("setup", "create the private chains and jumps (idempotent); report what changed")
     sp.add_argument("--dry-run", action="store_true", help="show what would change")
     sp = cmd("apply", "start or update the networks defined in files or folders")
-    sp.add_argument("paths", nargs="+", metavar="PATH", help="libvirt XML / TOML file or folder")
+    sp.add_argument("paths", nargs="+", metavar="PATH",
+                    help="libvirt XML / TOML file or folder; - reads one from stdin")
+    sp.add_argument("--dry-run", action="store_true",
+                    help="print the changes against the live ruleset, change nothing")
+    sp = cmd("sync", "make the active networks exactly the ones defined in PATHs: start or "
+                     "update them and remove every other, in one atomic change")
+    sp.add_argument("paths", nargs="+", metavar="PATH",
+                    help="libvirt XML / TOML file or folder; - reads one from stdin")
     sp.add_argument("--dry-run", action="store_true",
                     help="print the changes against the live ruleset, change nothing")
     sp = cmd("remove", "remove the rules of active networks")
     sp.add_argument("names", nargs="+", metavar="NAME")
     sp.add_argument("--dry-run", action="store_true", help="show what would change")
     cmd("list", "list the active networks")
-    cmd("diff", "print every difference between the live firewall and the desired state")
+    cmd("diff", "print every difference between the live firewall and the desired state; "
+                "exit 1 if there is one")
     cmd("check", "like diff, but quiet when clean; exit 1 on any drift (for monitoring)")
     sp = cmd("reload", "repair everything from the desired state in one atomic step (after "
                        "firewall-cmd --reload, nft flush ruleset, iptables -F ...)")
@@ -92,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = cmd("teardown", "remove every chain, jump and rule vnetfw owns, and nothing else")
     sp.add_argument("--dry-run", action="store_true", help="show what would change")
     sp = cmd("render", "print what apply would load into an empty ruleset (no root needed)")
-    sp.add_argument("paths", nargs="+", metavar="PATH")
+    sp.add_argument("paths", nargs="+", metavar="PATH", help="- reads one from stdin")
     sp.add_argument("--family", choices=("ipv4", "ipv6"),
                     help="one family only, exactly as iptables-restore/ip6tables-restore take it")
     cmd("demo", "build a sandbox of namespaces, apply a mixed set of networks and prove the "
@@ -158,70 +182,44 @@ def _engine(a: argparse.Namespace):
                   prefix=a.prefix, hooks_dir=a.hooks_dir)
 
 
-def _emit(a: argparse.Namespace, data: Any, human: Callable[[], None]) -> None:
-    """``data`` (or, if callable, what it returns: built only for --json) as JSON, or
-    ``human()``."""
+def _emit(a: argparse.Namespace, doc: Any, human: Callable[[], None]) -> None:
+    """``doc`` (or, if callable, what it returns: built only for --json) as JSON, or
+    ``human()``; neither fails when stdout's reader has left."""
     if a.json:
-        json.dump(data() if callable(data) else data, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        output.emit_json(doc() if callable(doc) else doc)
     else:
-        human()
-
-
-SHOW_EACH = 60      # up to this many changes are listed one by one; more are summed up
+        output.guarded(human)
 
 
 def _print_report(a: argparse.Namespace, rep) -> int:
-    def human() -> None:
-        verb = "would change" if not rep.applied else "changed"
-        if not rep.changes:
-            print(f"{rep.action}: no change ({rep.backend})")
-        else:
-            print(f"{rep.action}: {verb} {len(rep.changes)} item(s) ({rep.backend})")
-            if len(rep.changes) <= SHOW_EACH or a.verbose:
-                for c in rep.changes:
-                    print(f"  {c}")
-            else:
-                _print_summary(rep.changes)
-        for n in rep.notes:
-            print(f"note: {n}")
-        for w in rep.warnings:
-            print(f"warning: {w}", file=sys.stderr)
+    from .interrupts import DEFERRAL
+    _emit(a, lambda: output.report_doc(rep, interrupted=DEFERRAL.interrupted),
+          lambda: output.print_report(rep, a.verbose))
+    if a.json:
         for f in rep.hook_failures:
             print(f"vnetfw: hook failed: {f}", file=sys.stderr)
-    _emit(a, rep.to_json, human)
     return 6 if rep.hook_failures else 0
-
-
-def _print_summary(changes) -> None:
-    """Many changes (a host with hundreds of networks): one line per network and one for
-    the layout, so the output stays readable; --verbose or --json list every change."""
-    per_net: dict[str | None, dict[str, int]] = {}
-    for c in changes:
-        counts = per_net.setdefault(c.network, {})
-        counts[c.what] = counts.get(c.what, 0) + 1
-    layout = per_net.pop(None, None)
-    if layout:
-        print("  layout: " + ", ".join(f"{w} {n}" for w, n in sorted(layout.items())))
-    names = sorted(per_net)
-    for name in names[:SHOW_EACH]:
-        print(f"  {name}: " + ", ".join(f"{w} {n}" for w, n in sorted(per_net[name].items())))
-    if len(names) > SHOW_EACH:
-        print(f"  ... and {len(names) - SHOW_EACH} more network(s)")
-    print("  (--verbose or --json lists every change)")
 
 
 def cmd_setup(a):
     return _print_report(a, _engine(a).setup(dry_run=a.dry_run))
 
 
-def cmd_apply(a):
+def _read_into(a, method: str) -> int:
     from .sources import read_paths
     eng = _engine(a)
     eng.prefetch()                  # the firewall's generation, read while files load
     # Read as the engine asks: into a vacant firewall, each network is on its way to the
     # kernel while the next file is parsed.
-    return _print_report(a, eng.apply(read_paths(a.paths), dry_run=a.dry_run))
+    return _print_report(a, getattr(eng, method)(read_paths(a.paths), dry_run=a.dry_run))
+
+
+def cmd_apply(a):
+    return _read_into(a, "apply")
+
+
+def cmd_sync(a):
+    return _read_into(a, "sync")
 
 
 def cmd_remove(a):
@@ -233,27 +231,16 @@ def cmd_teardown(a):
 
 
 def _drift(a, quiet_when_clean: bool) -> int:
-    from .engine import drift_text
-    items = _engine(a).check()
-    lines = [drift_text(c) for c in items]
-
-    def human() -> None:
-        if not lines:
-            if not quiet_when_clean:
-                print("no drift: the live firewall matches the desired state")
-            return
-        print(f"drift: {len(lines)} difference(s) from the desired state "
-              "('vnetfw reload' repairs them)")
-        for l in lines:
-            print(f"  {l}")
-    _emit(a, {"clean": not lines, "drift": [c.to_json() | {"text": t}
-                                            for c, t in zip(items, lines)]}, human)
-    return 1 if lines else 0
+    eng = _engine(a)
+    items = eng.check()
+    desired = bool(items) or bool(eng.store.load().networks)
+    _emit(a, lambda: output.drift_doc(a.command, items, desired),
+          lambda: output.print_drift(items, desired, quiet_when_clean))
+    return 1 if items else 0
 
 
 def cmd_diff(a):
-    _drift(a, quiet_when_clean=False)
-    return 0
+    return _drift(a, quiet_when_clean=False)        # like diff(1): 1 if they differ
 
 
 def cmd_check(a):
@@ -266,34 +253,13 @@ def cmd_reload(a):
 
 def cmd_list(a):
     nets = _engine(a).list_networks()
-
-    def human() -> None:
-        if not nets:
-            print("no active networks")
-        for n in nets:
-            subnets = " ".join(str(ip.subnet) for ip in n.ips) or "-"
-            dev = f" via {n.forward_dev}" if n.forward_dev else ""
-            print(f"{n.name:<20} {n.mode.value:<9} {n.bridge or '-':<15} {subnets}{dev}")
-    _emit(a, [n.to_dict() for n in nets], human)
+    _emit(a, lambda: output.list_doc(nets), lambda: output.print_list(nets))
     return 0
 
 
 def cmd_status(a):
     st = _engine(a).status()
-
-    def human() -> None:
-        print(f"backend {st['backend']}, profile {st['profile']}, prefix {st['prefix']}, "
-              f"state {st['state_dir']}")
-        print("live firewall: " + ("in sync" if st["in_sync"] else
-                                   f"DRIFT ({len(st['drift'])} differences)"))
-        for d in st["drift"]:
-            print(f"  {d}")
-        if not st["networks"]:
-            print("no active networks")
-        for n in st["networks"]:
-            print(f"  {n['name']:<20} {n['mode']:<9} {n['bridge'] or '-':<15} "
-                  f"{' '.join(n['subnets']) or '-'}  ({n['rules']} rules)")
-    _emit(a, st, human)
+    _emit(a, lambda: output.status_doc(st), lambda: output.print_status(st))
     return 0 if st["in_sync"] else 1
 
 
@@ -310,7 +276,12 @@ def cmd_render(a):
         name = "nftables" if _nft_importable() else "iptables"
     backend = get_backend(name, Runner(None))
     fam = {"ipv4": 4, "ipv6": 6, None: None}[a.family]
-    sys.stdout.write(backend.render(desired, fam))
+    text = backend.render(desired, fam)
+    if a.json:
+        output.emit_json(output.document("render", backend=backend.name, family=a.family,
+                                         networks=[n.name for n in nets], ruleset=text))
+    else:
+        output.write(text)
     return 0
 
 
@@ -329,18 +300,18 @@ def cmd_demo(a):
 
 def cmd_watch(a):
     from .backends.runner import netns_problem
-    from .errors import BackendError, DefinitionError
+    from .errors import BackendError, UsageError
     from .firewalld import FirewalldConfig
     from .watch import Log, WatchOptions, Watcher, run_once
     if a.netns is not None and (p := netns_problem(a.netns)) is not None:
         raise BackendError(p)
     for opt, v in (("--interval", a.interval), ("--debounce", a.debounce)):
         if not v >= 0:
-            raise DefinitionError(opt, f"must be a number of seconds >= 0, not {v}")
+            raise UsageError(opt, f"must be a number of seconds >= 0, not {v}")
     try:
         fw = FirewalldConfig.from_env(a.firewalld, a.firewalld_zone, a.firewalld_bus)
     except ValueError as e:
-        raise DefinitionError("--firewalld", str(e)) from None
+        raise UsageError("--firewalld", str(e)) from None
     opts = WatchOptions(interval=a.interval, debounce=a.debounce, events=not a.no_events,
                         firewalld=fw, backend=a.backend, profile=a.profile)
     w = Watcher(netns=a.netns, state_dir=a.state_dir, hooks_dir=a.hooks_dir, options=opts,
@@ -359,7 +330,7 @@ def cmd_migrate(a):
     def human() -> None:
         from .migrate_run import print_human
         print_human(rep)
-    _emit(a, rep.to_json, human)
+    _emit(a, lambda: output.document("migrate", **rep.to_json()), human)
     for f in rep.apply.hook_failures:
         print(f"vnetfw: hook failed: {f}", file=sys.stderr)
     return 6 if rep.apply.hook_failures else 0
@@ -402,12 +373,14 @@ COMMANDS = {"setup": cmd_setup, "apply": cmd_apply, "remove": cmd_remove, "list"
             "status": cmd_status, "teardown": cmd_teardown, "render": cmd_render,
             "diff": cmd_diff, "check": cmd_check, "reload": cmd_reload,
             "demo": cmd_demo}
-COMMANDS.update(migrate=cmd_migrate, doctor=cmd_doctor)
+COMMANDS.update(migrate=cmd_migrate, doctor=cmd_doctor, sync=cmd_sync)
 COMMANDS.update(watch=cmd_watch)
 COMMANDS["libvirt-hook"] = cmd_libvirt_hook
 
 
 def main(argv: list[str] | None = None) -> int:
+    raw = sys.argv[1:] if argv is None else argv
+    Parser.json_errors = "--json" in raw
     parser = build_parser()
     a = parser.parse_args(argv)
     if a.version:
@@ -415,7 +388,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vnetfw {__version__}")
         return 0
     if not a.command:
-        parser.print_help()
+        if a.json:
+            output.emit_json(output.error_doc(None, "usage", "no command given"))
+        parser.print_help(sys.stderr if a.json else None)
         return 2
     from .errors import VnetfwError
     if a.command != "watch":
@@ -424,47 +399,43 @@ def main(argv: list[str] | None = None) -> int:
         gc.disable()
     from .interrupts import DEFERRAL, say
     DEFERRAL.raise_at_end, DEFERRAL.interrupted = False, False  # report, then 130 (below)
+
+    def fail(doc: dict, line: str, code: int) -> int:
+        if a.json:
+            output.guarded(lambda: output.emit_json(doc))
+        say(line)
+        return code
     try:
         code = COMMANDS[a.command](a)
         if DEFERRAL.interrupted:
             say("vnetfw: interrupted after the change in progress was finished and "
-                 "recorded (see above)")
+                "recorded (see above)")
             return 130
         return code
     except VnetfwError as e:
-        print(f"vnetfw: error: {e}", file=sys.stderr)
-        return e.exit_code
+        return fail(output.error_doc_of(a.command, e), f"vnetfw: error: {e}", e.exit_code)
     except KeyboardInterrupt:
         # What was interrupted is whole or nothing: a first Ctrl-C during a commit is held
         # back until the change is recorded (``interrupts``); a second one gets here with
         # nft's transaction whole or not done, and an iptables change undone (an undo that
         # failed is a RollbackIncomplete, reported above).
-        say("vnetfw: interrupted; a change in progress either landed whole or not at "
-             "all: 'vnetfw check' says whether the firewall matches the recorded "
-             "networks, 'vnetfw reload' makes it match")
-        return 130
+        msg = ("interrupted; a change in progress either landed whole or not at all: "
+               "'vnetfw check' says whether the firewall matches the recorded networks, "
+               "'vnetfw reload' makes it match")
+        return fail(output.error_doc(a.command, "interrupted", msg), f"vnetfw: {msg}", 130)
     except BrokenPipeError as e:
-        if not _stdout_gone():       # a pipe to something else broke: that is an error
-            print(f"vnetfw: error: {e}", file=sys.stderr)
-            return 1
-        # "vnetfw render ... | head": the reader of our output went away, not an error.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 0
+        if output.stdout_gone():
+            # Output written through ``output`` keeps the command's status when the reader
+            # leaves; this was printed some other way (the demo's tables): not an error.
+            output.silence_stdout()
+            return 0
+        # A pipe to something else (a tool) broke.
+        return fail(output.error_doc(a.command, "backend", str(e)), f"vnetfw: error: {e}", 3)
     finally:
         DEFERRAL.raise_at_end = True        # an in-process caller after us: the default
 
 
-def _stdout_gone() -> bool:
-    """Has the reader of our stdout gone away? (A pipe with no reader polls POLLERR, a
-    socket whose peer left POLLHUP.)"""
-    import select
-    try:
-        p = select.poll()
-        p.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in p.poll(0))
-    except (OSError, ValueError):
-        return False
+_stdout_gone = output.stdout_gone       # (its tests know it by this name)
 
 
 def run() -> NoReturn:

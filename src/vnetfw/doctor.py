@@ -12,7 +12,6 @@ state for that namespace; the backend and chain prefix in use come from the stat
 
 from __future__ import annotations
 
-import json
 import sys
 import textwrap
 from dataclasses import dataclass, field
@@ -91,9 +90,9 @@ def run_doctor(a) -> int:
         from .sources import load_paths
         nets = list(load_paths(a.paths))
     rep = doctor(a.netns, a.state_dir, nets)
+    from . import output
     if a.json:
-        json.dump(rep.to_json(), sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        output.emit_json(output.document("doctor", **rep.to_json()))
     else:
-        print_human(rep)
+        output.guarded(lambda: print_human(rep))
     return 0 if rep.ok else 1

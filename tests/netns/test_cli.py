@@ -62,7 +62,7 @@ def test_apply_dry_run_then_apply_then_remove_then_teardown(netns, tmp_path):
     again = vnetfw("apply", xml, *common).stdout
     assert "no change" in again
     listed = json.loads(vnetfw("list", "--json", *common).stdout)
-    assert [n["name"] for n in listed] == ["default"]
+    assert [n["name"] for n in listed["networks"]] == ["default"]
     vnetfw("remove", "default", *common)
     assert "vnetfw:default" not in save(netns)
     err = vnetfw("remove", "default", *common, check=False)

@@ -79,7 +79,8 @@ def run(backend: str = "auto", profile: str = "default", json: bool = False) -> 
         return 2
     total = time.monotonic() - t0
     if json:
-        doc = {"backend": rep.backend, "profile": profile, "lab": info,
+        from ..output import SCHEMA_VERSION
+        doc = {"schema_version": SCHEMA_VERSION, "command": "demo", "backend": rep.backend, "profile": profile, "lab": info,
                "timing": {"build": round(built, 3), "matrix": round(res.elapsed, 3),
                           "total": round(total, 3)},
                "networks": [n.to_dict() for n in DEMO_NETWORKS], **res.to_json()}
