@@ -139,3 +139,62 @@ def test_hook_input_without_vnetfw_metadata_is_none_of_vnetfws_business():
 def test_bad_hook_input(data, says):
     with pytest.raises(DefinitionError, match=says):
         parse_hook_xml(data, "hook")
+
+
+def test_port_forwards_and_allows_in_metadata_are_the_toml_forms():
+    from vnetfw.sources.toml import parse_toml
+    inner = ('<vnetfw:port-forward proto="tcp" port="8080" to="10.0.0.10" to-port="80" '
+             'host-address="203.0.113.5" source="198.51.100.0/24 192.0.2.7"/>'
+             '<vnetfw:port-forward proto="udp" port="2200-2201" to="10.0.0.11"/>'
+             '<vnetfw:allow to="db" ports="tcp/5432 udp/53" source="10.0.0.0/28"/>'
+             '<vnetfw:allow to="web2"/>')
+    net = parse_network_xml(doc(fw('mode="nat"', inner)), "f.xml")
+    (toml,) = parse_toml("""
+name = "web"
+bridge = "vb0"
+mode = "nat"
+ip = [{ address = "10.0.0.1", prefix = 24, dhcp = true }]
+allow = [{ to = "db", ports = ["tcp/5432", "udp/53"], source = ["10.0.0.0/28"] }, { to = "web2" }]
+[[port_forward]]
+proto = "tcp"
+port = 8080
+to = "10.0.0.10"
+to_port = 80
+host_address = "203.0.113.5"
+source = ["198.51.100.0/24", "192.0.2.7"]
+[[port_forward]]
+proto = "udp"
+port = "2200-2201"
+to = "10.0.0.11"
+""", "f.xml")
+    assert net == toml
+    assert len(net.port_forwards) == 2 and len(net.allows) == 2
+
+
+@pytest.mark.parametrize("inner, field, says", [
+    ('<vnetfw:port-forward port="80" to="10.0.0.10"/>', "vnetfw:port-forward proto", "missing"),
+    ('<vnetfw:port-forward proto="sctp" port="80" to="10.0.0.10"/>',
+     "vnetfw:port-forward[0] proto", "must be"),
+    ('<vnetfw:port-forward proto="tcp" port="80-81" to="10.0.0.10" to-port="80"/>',
+     "vnetfw:port-forward[0] to-port", "one to one"),
+    ('<vnetfw:port-forward proto="tcp" port="80" to="10.0.0.10"/>'
+     '<vnetfw:port-forward proto="tcp" port="80x" to="10.0.0.10"/>',
+     "vnetfw:port-forward[1] port", "not a port"),
+    ('<vnetfw:port-forward proto="tcp" port="80" to="10.0.0.10" colour="x"/>',
+     "vnetfw:port-forward colour", "unknown attribute"),
+    ('<vnetfw:port-forward proto="tcp" port="80" to="10.9.0.10"/>', "port_forward[0].to",
+     "outside the network's subnets"),
+    ('<vnetfw:allow to="db" ports="tcp/5432 sctp"/>', "vnetfw:allow[0] ports", "tcp or udp"),
+    ('<vnetfw:allow to="db" source="10.9.0.0/28"/>', "allow[0].source", "not part of"),
+])
+def test_bad_forwards_and_allows_in_metadata(inner, field, says):
+    with pytest.raises(DefinitionError) as ei:
+        parse_network_xml(doc(fw('mode="nat"', inner)), "f.xml")
+    assert (ei.value.source, ei.value.network, ei.value.field) == ("f.xml", "web", field)
+    assert says in ei.value.problem
+
+
+def test_no_forward_into_an_isolated_network_from_metadata_either():
+    with pytest.raises(DefinitionError, match="cannot have port forwards"):
+        parse_network_xml(doc(fw('mode="isolated"', '<vnetfw:port-forward proto="tcp" '
+                                 'port="80" to="10.0.0.10"/>')), "f.xml")

@@ -15,13 +15,19 @@ under libvirt is defined open, and says in its metadata what vnetfw makes of it:
             <vnetfw:port start="1024" end="65535"/>
             <vnetfw:address start="203.0.113.10" end="203.0.113.20"/>
           </vnetfw:nat>
+          <vnetfw:port-forward proto="tcp" port="8080" to="192.168.122.10" to-port="80"
+                               host-address="203.0.113.5" source="198.51.100.0/24 192.0.2.7"/>
+          <vnetfw:allow to="db" ports="tcp/5432 udp/53" source="192.168.122.0/28"/>
         </vnetfw:firewall>
       </metadata>
       <ip address='192.168.122.1' prefix='24'>...</ip>
     </network>
 
 ``mode`` is ``nat``, ``route`` or ``isolated``; ``dev`` is the forward device (libvirt's
-``<forward dev=>``); ``<vnetfw:nat>`` takes what libvirt's ``<nat>`` takes. libvirt keeps a
+``<forward dev=>``); ``<vnetfw:nat>`` takes what libvirt's ``<nat>`` takes;
+``<vnetfw:port-forward>`` and ``<vnetfw:allow>`` (any number) are the TOML form's
+``[[network.port_forward]]`` and ``[[network.allow]]``, with ``-`` for ``_`` in the names and
+several sources or ports separated by spaces (docs/port-forwards.md). libvirt keeps a
 ``<metadata>`` child in a foreign namespace through ``net-define`` and ``net-dumpxml`` and
 hands it to its network hook. Elements are found by namespace URI, not by prefix.
 
@@ -49,12 +55,16 @@ METADATA_MODES = {"nat": Mode.NAT, "route": Mode.ROUTE, "isolated": Mode.ISOLATE
 
 # element -> (allowed attributes, required attributes, allowed children)
 _SHAPE: dict[str, tuple[frozenset[str], frozenset[str], frozenset[str]]] = {
-    "firewall": (frozenset({"mode", "dev"}), frozenset({"mode"}), frozenset({"nat"})),
+    "firewall": (frozenset({"mode", "dev"}), frozenset({"mode"}),
+                 frozenset({"nat", "port-forward", "allow"})),
     "nat": (frozenset({"ipv6"}), frozenset(), frozenset({"port", "address"})),
     "port": (frozenset({"start", "end"}), frozenset({"start", "end"}), frozenset()),
     "address": (frozenset({"start", "end"}), frozenset({"start"}), frozenset()),
+    "port-forward": (frozenset({"proto", "port", "to", "to-port", "host-address", "source"}),
+                     frozenset({"proto", "port", "to"}), frozenset()),
+    "allow": (frozenset({"to", "ports", "source"}), frozenset({"to"}), frozenset()),
 }
-_REPEATABLE: frozenset[str] = frozenset()
+_REPEATABLE = frozenset({"port-forward", "allow"})
 
 Fail = Callable[[str, str], DefinitionError]
 

@@ -19,7 +19,8 @@ from xml.etree.ElementTree import Element
 from xml.parsers import expat
 
 from ..errors import DefinitionError
-from ..model import (DhcpHost, IPBlock, Mode, Nat, Network, classful_prefix, netmask_prefix, parse_ip,
+from ..model import (Allow, DhcpHost, IPBlock, Mode, Nat, Network, PortForward,
+                     classful_prefix, make_allow, make_port_forward, netmask_prefix, parse_ip,
                      parse_number)
 from .libvirt_meta import METADATA_MODES, NS, PREFIX, convert_hint, vnetfw_firewall
 
@@ -168,10 +169,12 @@ class _Reader:
             if mode is not Mode.OPEN:
                 raise self.fail("metadata", convert_hint(mode, self.source))
             mode, dev, nat = self.firewall(meta, dev)
+        forwards, allows = self.forwards(meta)
         ips = tuple(self.ip(el) for el in self.root.findall("ip"))
         ipv6_nogw = self.yesno(self.root, "ipv6", "ipv6")
         return Network(name=self.name, mode=mode, bridge=bridge, forward_dev=dev, ips=ips,
-                       nat=nat, ipv6_nogw=ipv6_nogw, source=self.source).validated()
+                       nat=nat, ipv6_nogw=ipv6_nogw, source=self.source,
+                       port_forwards=forwards, allows=allows).validated()
 
     def firewall(self, meta: Element, forward_dev: str | None
                  ) -> tuple[Mode, str | None, Nat]:
@@ -190,6 +193,26 @@ class _Reader:
             raise self.fail(f"{PREFIX}nat", f"NAT options need mode='nat', not "
                                             f"{mode.value!r}")
         return mode, dev, self.nat(nat_el, NS, PREFIX)
+
+    def forwards(self, meta: Element | None) -> tuple[tuple[PortForward, ...], tuple[Allow, ...]]:
+        """The metadata's ``<vnetfw:port-forward>`` and ``<vnetfw:allow>`` elements, as the
+        model builds them from TOML values (lists: space-separated attributes)."""
+        if meta is None:
+            return (), ()
+
+        def fail_at(what: str, i: int):
+            return lambda fld, problem: self.fail(
+                f"{PREFIX}{what}[{i}] {fld.replace('_', '-')}", problem)
+
+        def attrs(el: Element, lists: tuple[str, ...]) -> dict:
+            return {k.replace("-", "_"): v.split() if k in lists else v
+                    for k, v in el.attrib.items()}
+
+        fws = tuple(make_port_forward(fail_at("port-forward", i), **attrs(el, ("source",)))
+                    for i, el in enumerate(meta.findall(NS + "port-forward")))
+        allows = tuple(make_allow(fail_at("allow", i), **attrs(el, ("ports", "source")))
+                       for i, el in enumerate(meta.findall(NS + "allow")))
+        return fws, allows
 
     def nat(self, el: Element | None, ns: str = "", label: str = "") -> Nat:
         """``<nat>`` (``ns``: the namespace of its children; ``label``: how errors name
