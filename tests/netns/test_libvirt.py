@@ -65,7 +65,7 @@ class Host:
         assert "restart libvirtd" in out.stdout
 
     def active(self) -> list[str]:
-        return [n["name"] for n in json.loads(self.vnetfw("list", "--json").stdout)]
+        return [n["name"] for n in json.loads(self.vnetfw("list", "--json").stdout)["networks"]]
 
     def ruleset(self) -> str:
         return self.ns.run("nft", "list", "ruleset")
