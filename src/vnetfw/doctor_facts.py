@@ -11,7 +11,7 @@ ever sees a ``Facts``.
 Notes on reading a namespace: the runner enters only the network namespace, which is all
 these need -- ``/proc/sys/net`` (forwarding, and br_netfilter's per-namespace
 ``bridge-nf-call-*`` since Linux 5.3) shows the namespace of the process that reads it.
-firewalld is asked over D-Bus (the in-tree client; ``firewall-cmd`` when the system bus
+firewalld is asked over D-Bus (``linux.dbus``; ``firewall-cmd`` when the system bus
 cannot be reached that way). It runs in the host's namespace and manages only that one, so
 with ``--netns`` it is asked only when ``$VNETFW_FIREWALLD_BUS`` names the bus of a firewalld
 running in that namespace (as vnetfw's firewalld integration does); its nftables table, if
@@ -148,14 +148,10 @@ def read_firewalld(runner: Runner, bridges: list[str]) -> Firewalld | str:
 
 
 def read_firewalld_dbus(address: str | None, bridges: list[str]) -> Firewalld | str:
-    """firewalld's zones over D-Bus (``address``; None: the system bus), with the in-tree
-    client of ``vnetfw.firewalld``. Only queries; never starts firewalld (no auto-start)."""
-    try:
-        from .firewalld import (FWD_NAME, FWD_PATH, FWD_ZONE, Firewalld as FwdClient,
-                                firewalld_running)
-        from .watch_dbus import NO_AUTO_START, Bus, DBusError, DBusTransportError
-    except ImportError as e:                                      # pragma: no cover
-        return f"no D-Bus client ({e})"
+    """firewalld's zones over D-Bus (``address``; None: the system bus), with the client of
+    ``vnetfw.firewalld``. Only queries; never starts firewalld (no auto-start)."""
+    from .firewalld import FWD_NAME, FWD_PATH, FWD_ZONE, Firewalld as FwdClient, firewalld_running
+    from .linux.dbus import NO_AUTO_START, Bus, DBusError, DBusTransportError
     try:
         bus = Bus(address, timeout=5.0)
     except (DBusTransportError, OSError) as e:

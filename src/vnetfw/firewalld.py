@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 from .model import Network
-from .watch_dbus import NO_AUTO_START, Bus, DBusError, DBusTransportError
+from .linux.dbus import NO_AUTO_START, Bus, DBusError, DBusTransportError
 
 FWD_NAME = "org.fedoraproject.FirewallD1"
 FWD_PATH = "/org/fedoraproject/FirewallD1"

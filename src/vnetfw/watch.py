@@ -58,7 +58,7 @@ from .errors import VnetfwError
 from .firewalld import (FWD_NAME, Firewalld, FirewalldConfig, FirewalldError, bridges_of,
                         firewalld_running)
 from .state import State, StateStore, default_state_dir
-from .watch_dbus import (BUS_NAME, SIGNAL, Bus, DBusError, DBusTransportError)
+from .linux.dbus import (BUS_NAME, SIGNAL, Bus, DBusError, DBusTransportError)
 from .watch_nl import NftEvent, NftEvents
 
 ERR, WARNING, NOTICE, INFO, DEBUG = 3, 4, 5, 6, 7

@@ -32,7 +32,7 @@ from vnetfw.engine import Engine
 from vnetfw.firewalld import (FWD_NAME, FWD_PATH, FWD_ZONE, Firewalld, FirewalldConfig,
                               bind_bridges, firewalld_running, sync, unbind_bridges)
 from vnetfw.model import Mode, Network
-from vnetfw.watch_dbus import (METHOD_CALL, NO_REPLY_EXPECTED, Bus, DBusTransportError,
+from vnetfw.linux.dbus import (METHOD_CALL, NO_REPLY_EXPECTED, Bus, DBusTransportError,
                                Message)
 
 pytestmark = pytest.mark.netns

@@ -1,7 +1,8 @@
 """Start-up cost is kept down by importing late: `vnetfw --help` does not import the engine,
 and a command's hot modules do not pull in the standard-library modules only a rare path
 needs (difflib: a changed chain; tempfile: a Python without memfd_create; shutil: looking
-for a tool). Checked in a fresh interpreter, where nothing else has imported them."""
+for a tool), nor the D-Bus library (jeepney: only once a bus is asked). Checked in a fresh
+interpreter, where nothing else has imported them."""
 
 from __future__ import annotations
 
@@ -26,3 +27,10 @@ def test_the_cli_module_imports_no_engine():
 
 def test_hot_modules_leave_rare_stdlib_modules_alone():
     assert _loaded_after(HOT, ("difflib", "tempfile", "shutil")) == []
+
+
+def test_jeepney_waits_for_a_bus():
+    # apply imports the firewalld integration on every change; only a reachable bus (and
+    # firewalld enabled) may load the D-Bus library
+    assert _loaded_after(HOT + ("vnetfw.cli", "vnetfw.firewalld", "vnetfw.linux.dbus"),
+                         ("jeepney",)) == []

@@ -1,4 +1,4 @@
-"""A minimal D-Bus client on the standard library (for ``watch`` and the firewalld adapter).
+"""D-Bus for ``watch``, the firewalld integration and ``doctor``: a thin adapter over jeepney.
 
 Contract: ``Bus(address)`` connects to a bus over a unix socket, authenticates with EXTERNAL
 (our uid) and says Hello. ``call()`` sends a method call and blocks (with a timeout) for its
@@ -6,22 +6,29 @@ reply, returning the reply's arguments as a tuple or raising ``DBusError`` (a D-
 reply) / ``DBusTransportError`` (socket, auth or framing trouble). ``add_match()`` subscribes
 to signals; signals (and method calls, for test services) that arrive are queued and handed
 out by ``poll_messages()``, which never blocks, so the caller can put ``fileno()`` into its
-own select/poll loop. ``Bus`` also has the few calls a service needs (``request_name``,
-``reply``, ``reply_error``, ``emit``): the tests use them to run a fake FirewallD1.
+own poll loop. ``Bus`` also has the few calls a service needs (``request_name``, ``reply``,
+``reply_error``, ``emit``): the tests use them to run a fake FirewallD1.
 
-Why not a library: dbus-python and PyGObject are C extensions bound to the system Python
-(the venv cannot import them), jeepney would be a new dependency, and shelling out to
-``busctl``/``gdbus`` per call costs a process each and cannot sit in a poll loop. vnetfw needs
-a dozen method calls and two signals, which is this much code.
+What is jeepney's and what is ours: jeepney (pure Python, no dependencies) does the protocol:
+signatures, marshalling, message headers, the EXTERNAL handshake, bus addresses and match
+rules. This module does the socket: a non-blocking one that an outside poll loop can watch,
+with a time limit on every wait, and a cap on the size a message may claim. jeepney's own
+blocking connection waits without a limit for its Hello and cannot hand out what arrived
+without waiting, so it is not used.
 
-Scope: unix-socket addresses (``unix:path=`` and ``unix:abstract=``; the first usable entry
-of a ``;``-separated list), no fd passing, little-endian outgoing messages (incoming ones in
-either byte order). Types: every basic type, arrays, structs, dict entries and variants.
-Variants decode to their value; to *send* a variant, pass ``Variant(signature, value)``.
+Values: variants decode to their value; to *send* one, pass ``Variant(signature, value)``.
+Arrays decode to lists (``ay`` too), dict-entry arrays to dicts, structs to tuples.
+
+Cost: jeepney (~3 ms to import, compiled) is loaded when a connection is first tried or a
+message built, not with this module: ``apply`` imports this module on every change, to ask
+firewalld, but loads jeepney only when the integration is on (not ``VNETFW_FIREWALLD=off``,
+not ``--netns`` without a bus named). ``--help``, ``status`` and ``check`` never import this
+module.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import select
 import socket
@@ -42,13 +49,6 @@ NO_REPLY_EXPECTED = 0x1
 # start firewalld on a host whose admin stopped it. Calls to services we only talk to when
 # they already run carry this flag.
 NO_AUTO_START = 0x2
-
-# Header field codes and their fixed types (D-Bus specification, "Message Format").
-F_PATH, F_INTERFACE, F_MEMBER, F_ERROR_NAME, F_REPLY_SERIAL = 1, 2, 3, 4, 5
-F_DESTINATION, F_SENDER, F_SIGNATURE, F_UNIX_FDS = 6, 7, 8, 9
-_FIELD_SIG = {F_PATH: "o", F_INTERFACE: "s", F_MEMBER: "s", F_ERROR_NAME: "s",
-              F_REPLY_SERIAL: "u", F_DESTINATION: "s", F_SENDER: "s", F_SIGNATURE: "g",
-              F_UNIX_FDS: "u"}
 
 MAX_MESSAGE = 128 * 1024 * 1024        # the specification's limit
 
@@ -90,156 +90,105 @@ class Message:
     body: tuple = field(default_factory=tuple)
 
 
-# ---------------------------------------------------------------------------------------
-# Signatures
+_FIELDS = ("path", "interface", "member", "error_name", "reply_serial", "destination",
+           "sender")
 
-_ALIGN = {"y": 1, "b": 4, "n": 2, "q": 2, "i": 4, "u": 4, "x": 8, "t": 8, "d": 8, "h": 4,
-          "s": 4, "o": 4, "g": 1, "a": 4, "(": 8, "{": 8, "v": 1}
-_FIXED = {"y": "B", "b": "I", "n": "h", "q": "H", "i": "i", "u": "I", "x": "q", "t": "Q",
-          "d": "d", "h": "I"}
+
+# ---------------------------------------------------------------------------------------
+# Signatures and values: jeepney's types, our value conventions
+
+
+@functools.lru_cache(maxsize=256)
+def _types(sig: str) -> tuple:
+    """``sig`` as (complete type text, jeepney type) pairs; ValueError when malformed."""
+    from jeepney.low_level import parse_signature
+    chars, out = list(sig), []
+    while chars:
+        left = len(chars)
+        try:
+            t = parse_signature(chars)
+        except (IndexError, KeyError, TypeError, ValueError):
+            raise ValueError(f"malformed D-Bus signature {sig!r}") from None
+        out.append((sig[len(sig) - left:len(sig) - len(chars)], t))
+    if "()" in sig:                     # jeepney takes it; the specification does not
+        raise ValueError(f"empty struct in D-Bus signature {sig!r}")
+    return tuple(out)
 
 
 def split_signature(sig: str) -> list[str]:
     """``"sa{sv}(ii)"`` -> ``["s", "a{sv}", "(ii)"]``; ValueError when malformed."""
-    out, i = [], 0
-    while i < len(sig):
-        j = _complete_type_end(sig, i)
-        out.append(sig[i:j])
-        i = j
-    return out
+    return [s for s, _ in _types(sig)]
 
 
-def _complete_type_end(sig: str, i: int) -> int:
-    if i >= len(sig):
-        raise ValueError(f"incomplete signature {sig!r}")
-    c = sig[i]
-    if c in _FIXED or c in "sogv":
-        return i + 1
-    if c == "a":
-        return _complete_type_end(sig, i + 1)
-    if c in "({":
-        close = ")" if c == "(" else "}"
-        j = i + 1
-        while j < len(sig) and sig[j] != close:
-            j = _complete_type_end(sig, j)
-        if j >= len(sig) or j == i + 1:
-            raise ValueError(f"unbalanced or empty container in signature {sig!r}")
-        return j + 1
-    raise ValueError(f"unknown type code {c!r} in signature {sig!r}")
+def _one_type(sig: str) -> Any:
+    types = _types(sig)
+    if len(types) != 1:
+        raise ValueError(f"variant signature {sig!r} is not one complete type")
+    return types[0][1]
 
 
-# ---------------------------------------------------------------------------------------
-# Marshalling (we always write little-endian)
+def _outgoing(t: Any, v: Any) -> Any:
+    """Our value -> what jeepney serialises (variants as (signature, value), lists)."""
+    from jeepney import low_level as jl
+    if isinstance(t, jl.Variant):
+        if not isinstance(v, Variant):
+            raise TypeError("pass Variant(signature, value) to send a variant")
+        return (v.signature, _outgoing(_one_type(v.signature), v.value))
+    if isinstance(t, jl.Array):
+        e = t.elt_type
+        if isinstance(e, jl.DictEntry):
+            kt, vt = e.fields
+            items = v.items() if hasattr(v, "items") else v
+            return {_outgoing(kt, k): _outgoing(vt, x) for k, x in items}
+        return [_outgoing(e, x) for x in v]
+    if isinstance(t, jl.Struct):
+        return tuple(_outgoing(f, x) for f, x in zip(t.fields, v, strict=True))
+    if isinstance(t, jl.Boolean):
+        return bool(v)
+    return v
 
 
-class _Writer:
-    def __init__(self) -> None:
-        self.buf = bytearray()
+def _incoming(t: Any, v: Any) -> Any:
+    """What jeepney parsed -> our value (variants unwrapped, ``ay`` as a list)."""
+    from jeepney import low_level as jl
+    if isinstance(t, jl.Variant):
+        sig, inner = v
+        return _incoming(_one_type(sig), inner)
+    if isinstance(t, jl.Array):
+        e = t.elt_type
+        if isinstance(e, jl.DictEntry):
+            kt, vt = e.fields
+            return {_incoming(kt, k): _incoming(vt, x) for k, x in v.items()}
+        if isinstance(v, bytes):
+            return list(v)
+        return [_incoming(e, x) for x in v]
+    if isinstance(t, jl.Struct):
+        return tuple(_incoming(f, x) for f, x in zip(t.fields, v))
+    return v
 
-    def align(self, n: int) -> None:
-        self.buf += b"\0" * (-len(self.buf) % n)
 
-    def write(self, sig: str, value: Any) -> None:
-        c = sig[0]
-        self.align(_ALIGN[c])
-        if c in _FIXED:
-            if c == "b":
-                value = 1 if value else 0
-            self.buf += struct.pack("<" + _FIXED[c], value)
-        elif c in "so":
-            data = value.encode()
-            self.buf += struct.pack("<I", len(data)) + data + b"\0"
-        elif c == "g":
-            data = value.encode()
-            self.buf += struct.pack("<B", len(data)) + data + b"\0"
-        elif c == "v":
-            if not isinstance(value, Variant):
-                raise TypeError("pass Variant(signature, value) to send a variant")
-            self.write("g", value.signature)
-            self.write(value.signature, value.value)
-        elif c == "a":
-            elem = sig[1:]
-            at = len(self.buf)
-            self.buf += b"\0\0\0\0"
-            self.align(_ALIGN[elem[0]])         # padding before the first element is not counted
-            start = len(self.buf)
-            items = value.items() if elem[0] == "{" else value
-            for item in items:
-                self.write(elem, item)
-            struct.pack_into("<I", self.buf, at, len(self.buf) - start)
-        elif c in "({":
-            for s, v in zip(split_signature(sig[1:-1]), value, strict=True):
-                self.write(s, v)
-        else:  # pragma: no cover - split_signature rejects these
-            raise ValueError(sig)
+def _endianness(code: str) -> Any:
+    from jeepney.low_level import Endianness
+    return Endianness.little if code == "<" else Endianness.big
 
 
 def marshal_body(signature: str, args: tuple | list) -> bytes:
-    """The body bytes for ``args`` of ``signature`` (starting 8-aligned, as bodies do)."""
-    w = _Writer()
-    for s, v in zip(split_signature(signature), args, strict=True):
-        w.write(s, v)
-    return bytes(w.buf)
-
-
-class _Reader:
-    def __init__(self, data: bytes, pos: int, endian: str) -> None:
-        self.data = data
-        self.pos = pos
-        self.e = endian
-
-    def align(self, n: int) -> None:
-        self.pos += -self.pos % n
-
-    def _take(self, n: int) -> bytes:
-        if self.pos + n > len(self.data):
-            raise ValueError("message truncated")
-        b = self.data[self.pos:self.pos + n]
-        self.pos += n
-        return b
-
-    def read(self, sig: str) -> Any:
-        c = sig[0]
-        self.align(_ALIGN[c])
-        if c in _FIXED:
-            fmt = self.e + _FIXED[c]
-            (v,) = struct.unpack(fmt, self._take(struct.calcsize(fmt)))
-            return bool(v) if c == "b" else v
-        if c in "so":
-            (n,) = struct.unpack(self.e + "I", self._take(4))
-            s = self._take(n + 1)
-            return s[:-1].decode()
-        if c == "g":
-            (n,) = struct.unpack("B", self._take(1))
-            return self._take(n + 1)[:-1].decode()
-        if c == "v":
-            inner = self.read("g")
-            if len(split_signature(inner)) != 1:
-                raise ValueError(f"variant signature {inner!r} is not one complete type")
-            return self.read(inner)
-        if c == "a":
-            (n,) = struct.unpack(self.e + "I", self._take(4))
-            if n > MAX_MESSAGE:
-                raise ValueError("array too long")
-            elem = sig[1:]
-            self.align(_ALIGN[elem[0]])
-            end = self.pos + n
-            if end > len(self.data):
-                raise ValueError("message truncated")
-            items = []
-            while self.pos < end:
-                items.append(self.read(elem))
-            if self.pos != end:
-                raise ValueError("array length does not match its elements")
-            return dict(items) if elem[0] == "{" else items
-        if c in "({":
-            return tuple(self.read(s) for s in split_signature(sig[1:-1]))
-        raise ValueError(sig)  # pragma: no cover
+    """The body bytes for ``args`` of ``signature`` (little-endian, starting 8-aligned)."""
+    e, buf = _endianness("<"), b""
+    for (_, t), v in zip(_types(signature), args, strict=True):
+        buf += t.serialise(_outgoing(t, v), len(buf), e)
+    return buf
 
 
 def unmarshal_body(signature: str, data: bytes, endian: str = "<") -> tuple:
-    r = _Reader(data, 0, endian)
-    return tuple(r.read(s) for s in split_signature(signature))
+    e, pos, out = _endianness(endian), 0, []
+    try:
+        for _, t in _types(signature):
+            v, pos = t.parse_data(data, pos, e)
+            out.append(_incoming(t, v))
+    except (IndexError, KeyError, AssertionError, TypeError, ValueError, struct.error) as err:
+        raise ValueError(f"bad message body for signature {signature!r}: {err}") from None
+    return tuple(out)
 
 
 # ---------------------------------------------------------------------------------------
@@ -247,55 +196,44 @@ def unmarshal_body(signature: str, data: bytes, endian: str = "<") -> tuple:
 
 
 def encode_message(msg: Message) -> bytes:
-    body = marshal_body(msg.signature, msg.body) if msg.signature else b""
-    fields: list[tuple[int, Variant]] = []
-    for code, val in ((F_PATH, msg.path), (F_INTERFACE, msg.interface), (F_MEMBER, msg.member),
-                      (F_ERROR_NAME, msg.error_name), (F_REPLY_SERIAL, msg.reply_serial),
-                      (F_DESTINATION, msg.destination), (F_SENDER, msg.sender),
-                      (F_SIGNATURE, msg.signature or None)):
-        if val is not None:
-            fields.append((code, Variant(_FIELD_SIG[code], val)))
-    w = _Writer()
-    for sig, v in (("y", ord("l")), ("y", msg.type), ("y", msg.flags), ("y", 1),
-                   ("u", len(body)), ("u", msg.serial), ("a(yv)", fields)):
-        w.write(sig, v)
-    w.align(8)
-    return bytes(w.buf) + body
+    from jeepney.low_level import Header, HeaderFields, Message as JMessage
+    fields = {HeaderFields[name]: getattr(msg, name) for name in _FIELDS
+              if getattr(msg, name) is not None}
+    if msg.signature:
+        fields[HeaderFields.signature] = msg.signature
+    body = tuple(_outgoing(t, v) for (_, t), v in
+                 zip(_types(msg.signature), msg.body, strict=True))
+    header = Header(_endianness("<"), msg.type, msg.flags, 1, 0, msg.serial, fields)
+    return JMessage(header, body).serialise()
 
 
 def message_length(head: bytes) -> int | None:
     """Total length of the message whose first 16 bytes are ``head`` (None: need more)."""
     if len(head) < 16:
         return None
-    e = {ord("l"): "<", ord("B"): ">"}.get(head[0])
-    if e is None:
+    if head[:1] not in (b"l", b"B"):
         raise ValueError(f"bad endianness byte {head[0]!r}")
-    body_len, _serial, fields_len = struct.unpack(e + "III", head[4:16])
-    total = 16 + fields_len + (-(16 + fields_len) % 8) + body_len
+    from jeepney.low_level import calc_msg_size
+    total = calc_msg_size(head)
     if total > MAX_MESSAGE:
         raise ValueError("message too long")
     return total
 
 
 def decode_message(data: bytes) -> Message:
-    e = {ord("l"): "<", ord("B"): ">"}.get(data[0])
-    if e is None:
-        raise ValueError(f"bad endianness byte {data[0]!r}")
-    r = _Reader(data, 1, e)
-    mtype, flags, _version = r.read("y"), r.read("y"), r.read("y")
-    body_len, serial = r.read("u"), r.read("u")
-    fields = dict(r.read("a(yv)"))
-    r.align(8)
-    msg = Message(mtype, serial, flags, path=fields.get(F_PATH),
-                  interface=fields.get(F_INTERFACE), member=fields.get(F_MEMBER),
-                  error_name=fields.get(F_ERROR_NAME), reply_serial=fields.get(F_REPLY_SERIAL),
-                  destination=fields.get(F_DESTINATION), sender=fields.get(F_SENDER),
-                  signature=fields.get(F_SIGNATURE, ""))
-    body = data[r.pos:r.pos + body_len]
-    if len(body) != body_len:
-        raise ValueError("message truncated")
-    msg.body = unmarshal_body(msg.signature, body, e) if msg.signature else ()
-    return msg
+    from jeepney.low_level import HeaderFields, Message as JMessage
+    if data[:1] not in (b"l", b"B"):
+        raise ValueError(f"bad endianness byte {data[:1]!r}")
+    try:
+        jm = JMessage.from_buffer(data)
+    except (IndexError, KeyError, AssertionError, TypeError, struct.error) as err:
+        raise ValueError(f"garbled message: {err!r}") from None
+    h = jm.header.fields
+    sig = h.get(HeaderFields.signature, "")
+    body = tuple(_incoming(t, v) for (_, t), v in zip(_types(sig), jm.body))
+    return Message(jm.header.message_type.value, jm.header.serial, int(jm.header.flags),
+                   signature=sig, body=body,
+                   **{name: h.get(HeaderFields[name]) for name in _FIELDS})
 
 
 # ---------------------------------------------------------------------------------------
@@ -306,35 +244,14 @@ def system_bus_address() -> str:
     return os.environ.get("DBUS_SYSTEM_BUS_ADDRESS") or SYSTEM_BUS_DEFAULT
 
 
-def _unescape(v: str) -> str:
-    out, i = bytearray(), 0
-    while i < len(v):
-        if v[i] == "%" and i + 2 < len(v):
-            out += bytes.fromhex(v[i + 1:i + 3])
-            i += 3
-        else:
-            out += v[i].encode()
-            i += 1
-    return out.decode()
-
-
-def parse_address(address: str) -> list[str | bytes]:
-    """Socket addresses to try, in order, for a D-Bus address string (unix only)."""
-    out: list[str | bytes] = []
-    for entry in address.split(";"):
-        if not entry.strip():
-            continue
-        transport, _, params = entry.partition(":")
-        kv = dict(p.split("=", 1) for p in params.split(",") if "=" in p)
-        if transport != "unix":
-            continue
-        if "path" in kv:
-            out.append(_unescape(kv["path"]))
-        elif "abstract" in kv:
-            out.append(b"\0" + _unescape(kv["abstract"]).encode())
-    if not out:
-        raise DBusTransportError(f"no usable unix socket in D-Bus address {address!r}")
-    return out
+def parse_address(address: str) -> list[str]:
+    """Socket addresses to try, in order, for a D-Bus address string (unix only; an abstract
+    socket's name starts with NUL)."""
+    from jeepney.bus import get_connectable_addresses
+    try:
+        return list(get_connectable_addresses(address))
+    except (RuntimeError, ValueError):
+        raise DBusTransportError(f"no usable unix socket in D-Bus address {address!r}") from None
 
 
 class Bus:
@@ -372,19 +289,19 @@ class Bus:
 
     # -- plumbing -----------------------------------------------------------------------
     def _authenticate(self) -> None:
+        from jeepney.auth import BEGIN, AuthenticationError, Authenticator
         assert self.sock is not None
-        uid = str(os.geteuid()).encode().hex()
+        auth = Authenticator()              # sends the NUL byte, then AUTH EXTERNAL <uid>
         try:
-            self.sock.sendall(b"\0AUTH EXTERNAL " + uid.encode() + b"\r\n")
-            line = b""
-            while not line.endswith(b"\r\n"):
-                chunk = self.sock.recv(256)
+            for line in auth:
+                self.sock.sendall(line)
+                chunk = self.sock.recv(1024)
                 if not chunk:
                     raise DBusTransportError("bus closed the connection during authentication")
-                line += chunk
-            if not line.startswith(b"OK "):
-                raise DBusTransportError(f"bus refused authentication: {line.strip().decode()!r}")
-            self.sock.sendall(b"BEGIN\r\n")
+                auth.feed(chunk)
+            self.sock.sendall(BEGIN)
+        except AuthenticationError as e:
+            raise DBusTransportError(f"bus refused authentication: {e}") from None
         except socket.timeout:
             raise DBusTransportError("bus did not answer the authentication in time") from None
 
@@ -456,7 +373,7 @@ class Bus:
                 if total is None or len(self._rbuf) < total:
                     break
                 msg = decode_message(bytes(self._rbuf[:total]))
-            except (ValueError, struct.error, UnicodeDecodeError) as e:
+            except (ValueError, UnicodeDecodeError) as e:
                 self.close()
                 raise DBusTransportError(f"garbled message from the bus: {e}") from None
             del self._rbuf[:total]
@@ -487,9 +404,13 @@ class Bus:
             self._fill()
 
     def add_match(self, **rule: str) -> None:
-        """Subscribe: ``add_match(type="signal", interface=..., member=...)``."""
-        text = ",".join(f"{k}='{v}'" for k, v in rule.items())
-        self.call(BUS_NAME, BUS_PATH, BUS_NAME, "AddMatch", "s", (text,))
+        """Subscribe: ``add_match(type="signal", interface=..., member=..., arg0=...)``."""
+        from jeepney.bus_messages import MatchRule
+        match = MatchRule(**{k: v for k, v in rule.items() if not k.startswith("arg")})
+        for k, v in rule.items():
+            if k.startswith("arg"):
+                match.add_arg_condition(int(k[3:]), v)
+        self.call(BUS_NAME, BUS_PATH, BUS_NAME, "AddMatch", "s", (match.serialise(),))
 
     def name_has_owner(self, name: str) -> bool:
         return bool(self.call(BUS_NAME, BUS_PATH, BUS_NAME, "NameHasOwner", "s", (name,))[0])

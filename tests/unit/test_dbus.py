@@ -1,4 +1,5 @@
-"""The stdlib D-Bus client: wire format against the specification, then a real dbus-daemon.
+"""The D-Bus adapter (jeepney underneath): wire format against the specification, then a real
+dbus-daemon.
 
 Byte vectors are worked out by hand from the D-Bus specification (alignment, array lengths
 that exclude the padding before the first element, padding present even for empty arrays).
@@ -21,7 +22,7 @@ from tests.netns.test_firewalld import BUS_CONF   # one private-bus config for b
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vnetfw.watch_dbus import (METHOD_CALL, NO_AUTO_START, SIGNAL, Bus, DBusError, DBusTransportError, Message,
+from vnetfw.linux.dbus import (METHOD_CALL, NO_AUTO_START, SIGNAL, Bus, DBusError, DBusTransportError, Message,
                                Variant, decode_message, encode_message, marshal_body,
                                message_length, parse_address, split_signature, unmarshal_body)
 
@@ -107,7 +108,7 @@ def test_marshal_roundtrip_property(items, lead):
 def test_addresses():
     assert parse_address("unix:path=/run/dbus/system_bus_socket") == ["/run/dbus/system_bus_socket"]
     assert parse_address("tcp:host=x;unix:path=/a%20b,guid=1") == ["/a b"]
-    assert parse_address("unix:abstract=/tmp/dbus-X") == [b"\0/tmp/dbus-X"]
+    assert parse_address("unix:abstract=/tmp/dbus-X") == ["\0/tmp/dbus-X"]
     with pytest.raises(DBusTransportError):
         parse_address("tcp:host=localhost,port=1")
 
@@ -134,7 +135,7 @@ def private_bus(tmp_path):
 
 def rewrap(sig: str, value):
     """Decoded variants lose their type; give them back a guessed one (test values only)."""
-    from vnetfw.watch_dbus import split_signature as split
+    from vnetfw.linux.dbus import split_signature as split
     c = sig[0]
     if c == "v":
         if isinstance(value, bool):
