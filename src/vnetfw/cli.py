@@ -170,6 +170,16 @@ def build_parser() -> argparse.ArgumentParser:
                          "/etc/libvirt/hooks/network.d). vnetfw's own hooks folder, for the "
                          "installed hook to use, goes before the command: vnetfw --hooks-dir "
                          "DIR libvirt-hook install")
+    sp = cmd("libvirt", "libvirt helpers: 'libvirt convert FILE|-' prints a network libvirt "
+                        "firewalls rewritten as an open network with vnetfw metadata")
+    lsub = sp.add_subparsers(dest="libvirt_command", metavar="SUBCOMMAND", required=True)
+    cv = lsub.add_parser("convert", help="print FILE (or stdin: -) rewritten as <forward "
+                                         "mode='open'/> + vnetfw metadata with the same meaning",
+                         description="print a libvirt network rewritten as <forward "
+                                     "mode='open'/> + vnetfw metadata with the same meaning; "
+                                     "virsh net-define the result, then vnetfw migrate --adopt "
+                                     "takes the rules over (docs/libvirt.md)")
+    cv.add_argument("file", metavar="FILE", help="libvirt network XML, or - for stdin")
     return p
 
 
@@ -364,6 +374,21 @@ def cmd_libvirt_hook(a):
     return 0
 
 
+def cmd_libvirt(a):
+    from .sources.libvirt_convert import convert
+    if a.file == "-":
+        data, source = sys.stdin.buffer.read(), "<stdin>"
+    else:
+        from .errors import DefinitionError
+        try:
+            with open(a.file, "rb") as f:
+                data, source = f.read(), a.file
+        except OSError as e:
+            raise DefinitionError(a.file, f"cannot read: {e.strerror or e}") from None
+    sys.stdout.write(convert(data, source))
+    return 0
+
+
 def cmd_doctor(a):
     from .doctor import run_doctor
     return run_doctor(a)
@@ -376,6 +401,7 @@ COMMANDS = {"setup": cmd_setup, "apply": cmd_apply, "remove": cmd_remove, "list"
 COMMANDS.update(migrate=cmd_migrate, doctor=cmd_doctor, sync=cmd_sync)
 COMMANDS.update(watch=cmd_watch)
 COMMANDS["libvirt-hook"] = cmd_libvirt_hook
+COMMANDS["libvirt"] = cmd_libvirt
 
 
 def main(argv: list[str] | None = None) -> int:

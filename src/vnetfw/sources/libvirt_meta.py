@@ -72,8 +72,8 @@ Fail = Callable[[str, str], DefinitionError]
 def convert_hint(mode: Mode, source: str) -> str:
     """Why a non-open network may not carry vnetfw metadata, and what to do instead."""
     return (f"libvirt already firewalls a {mode.value} network itself, so vnetfw metadata "
-            "is only for networks with <forward mode='open'/>: rewrite it with 'vnetfw "
-            f"libvirt convert {source}', then virsh net-define the result")
+            "is only for networks with <forward mode='open'/> (without the metadata, 'vnetfw "
+            f"libvirt convert {source}' rewrites it that way; then virsh net-define it)")
 
 
 def _local(tag: str) -> str:

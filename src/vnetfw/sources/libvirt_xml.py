@@ -32,11 +32,12 @@ class _Unsafe(Exception):
     """A DTD, an entity declaration or an external entity: refused."""
 
 
-def _parse(data: bytes | str) -> Element:
+def _parse(data: bytes | str, namespaces: bool = True) -> Element:
     """The document's root element. Raises ``_Unsafe`` for any DTD or entity declaration,
     ``expat.ExpatError`` when malformed (an undeclared entity reference or namespace prefix
-    included)."""
-    p = expat.ParserCreate(namespace_separator="}")
+    included). ``namespaces=False`` keeps prefixes and ``xmlns`` attributes as written (for
+    writing the document out again)."""
+    p = expat.ParserCreate(namespace_separator="}") if namespaces else expat.ParserCreate()
     p.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
     stack: list[Element] = []
     roots: list[Element] = []
