@@ -13,7 +13,7 @@ import functools
 import ipaddress
 import re
 import socket
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Callable, Iterable, NamedTuple
 
@@ -65,8 +65,6 @@ class Mode(str, Enum):
     def needs_bridge(self) -> bool:
         return self in (Mode.NAT, Mode.ROUTE, Mode.ISOLATED, Mode.OPEN)
 
-
-UNMANAGED_MODES = frozenset({Mode.BRIDGE, Mode.PRIVATE, Mode.VEPA, Mode.PASSTHROUGH, Mode.HOSTDEV})
 
 # Linux: IFNAMSIZ is 16 including the NUL, so 15 characters; dev_valid_name() refuses "/",
 # ":" and whitespace, and "." / "..". Quotes are refused too so a name is always a plain token
@@ -660,6 +658,3 @@ def _check_overlaps(subnets: list[tuple[IPNet, Network]], order: dict[int, int])
                 or int(subnet.broadcast_address) > int(open_[0].broadcast_address):
             open_ = (subnet, net)
 
-
-def with_source(net: Network, source: str) -> Network:
-    return replace(net, source=source)

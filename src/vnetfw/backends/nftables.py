@@ -847,12 +847,3 @@ def _fam_of(map_name: str, key: Key) -> Family | None:
 
 def _spec_text(spec: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(spec.items())) or "no hook"
-
-
-def networks_in(live: NftLive, prefix: str) -> list[str]:
-    """Networks that have at least one per-network chain in the prefix's table."""
-    t = live.tables.get(table_name(prefix))
-    if t is None:
-        return []
-    return sorted({p[2] for n in t.chains if (p := parse_chain_name(n)) is not None})
-
