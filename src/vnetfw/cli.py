@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd("demo", "build a sandbox of namespaces, apply a mixed set of networks and prove the "
                 "traffic policy with real packets (never touches the host)")
     sp = cmd("watch", "keep the firewall repaired: react to nftables changes, firewalld "
-                      "reloads and a periodic check; runs until SIGTERM (see systemd/)")
+                      "reloads and a periodic check; runs until SIGTERM (vnetfw-watch.service)")
     sp.add_argument("--interval", type=float, default=30.0, metavar="SECONDS",
                     help="periodic check (default 30; 0: never); the only way "
                          "iptables-legacy changes are noticed")
@@ -154,6 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--drop-libvirt-chains", action="store_true",
                     help="with --adopt: remove libvirt's chains and jumps once no rule is left "
                          "in them (default: keep them; a running libvirtd needs them)")
+    sp = cmd("install-files", "install the systemd units, the man page and the bash and zsh "
+                              "completions under /usr/local, the units running this vnetfw; "
+                              "starts and enables nothing")
+    sp.add_argument("what", nargs="*", metavar="WHAT",
+                    help="units, man, completions (default: all three)")
+    sp.add_argument("--root", default="/", metavar="DIR",
+                    help="install into DIR/usr/local/... instead (a staging tree)")
+    sp.add_argument("--dry-run", action="store_true", help="show what would be written")
     sp = cmd("doctor", "inspect the host (or --netns) and explain what will break virtual "
                        "networks, with the fix; changes nothing; exit 1 if something will")
     sp.add_argument("paths", nargs="*", metavar="PATH",
@@ -389,6 +397,33 @@ def cmd_libvirt(a):
     return 0
 
 
+def cmd_install_files(a):
+    from .errors import DefinitionError
+    from .install import WHAT, install, plan, under_home, vnetfw_executable
+    bad = [w for w in a.what if w not in WHAT]
+    if bad:
+        raise DefinitionError("install-files", f"{bad[0]!r} is not one of {', '.join(WHAT)}")
+    exe = vnetfw_executable()
+    done = install(plan(tuple(a.what) or WHAT, root=a.root, exe=exe), dry_run=a.dry_run)
+    units = any(it.source.startswith("systemd/") for it, _ in done)
+
+    def human() -> None:
+        for it, status in done:
+            verb = {"installed": "would install", "updated": "would update"}.get(
+                status, status) if a.dry_run else status
+            print(f"{verb:<13} {it.dest}")
+        if units and under_home(exe):
+            print(f"note: {exe} is under a home directory: the units get ProtectHome=read-only "
+                  "(install vnetfw under /opt to keep homes hidden from them)")
+        if units and a.root == "/":
+            print("next: systemctl daemon-reload && "
+                  "systemctl enable --now vnetfw.service vnetfw-watch.service")
+    _emit(a, output.document("install-files", dry_run=a.dry_run, files=[
+        {"path": str(it.dest), "source": it.source, "status": status} for it, status in done]),
+        human)
+    return 0
+
+
 def cmd_doctor(a):
     from .doctor import run_doctor
     return run_doctor(a)
@@ -402,6 +437,7 @@ COMMANDS.update(migrate=cmd_migrate, doctor=cmd_doctor, sync=cmd_sync)
 COMMANDS.update(watch=cmd_watch)
 COMMANDS["libvirt-hook"] = cmd_libvirt_hook
 COMMANDS["libvirt"] = cmd_libvirt
+COMMANDS["install-files"] = cmd_install_files
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,7 +52,7 @@ def exit_codes_text() -> str:
 
 def schema(name: str) -> dict[str, Any]:
     """The JSON Schema of one kind of document, as shipped in ``vnetfw/schemas/``: report,
-    drift, status, list, render, error, doctor, migrate (docs/json.md)."""
+    drift, status, list, render, error, doctor, migrate, install-files (docs/json.md)."""
     from importlib.resources import files
     return json.loads((files("vnetfw") / "schemas" / f"{name}.json").read_text())
 
