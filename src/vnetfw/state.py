@@ -8,6 +8,12 @@ crash leaves either the old or the new state, never half of one.
 Layout: ``<state_dir>/state.json`` and ``<state_dir>/lock``. The default state dir is
 ``/var/lib/vnetfw``; with ``--netns NAME`` and no explicit state dir it is
 ``/var/lib/vnetfw/netns/NAME``, because each namespace has its own firewall.
+
+Trust: vnetfw applies what the state file says, as root, so the state dir (and every
+directory above it), the state file and the lock must be root's (or the invoking user's)
+and not writable by group or others, and no link is followed at their end
+(``safe_files``); anything else is refused with a ``StateError`` naming the path. The
+file is written under a fresh temporary name, never through one someone planted.
 """
 
 from __future__ import annotations
@@ -20,15 +26,16 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
-from . import __version__
+from . import __version__, safe_files
 from .errors import LockTimeout, StateError
 from .backends.nfgen import Generation
 from .model import Network, network_from_dict
 
 DEFAULT_STATE_DIR = "/var/lib/vnetfw"
 FORMAT_VERSION = 1
+T = TypeVar("T")
 
 
 def default_state_dir(netns: str | None) -> Path:
@@ -71,12 +78,9 @@ class StateStore:
 
     @contextlib.contextmanager
     def lock(self, timeout: float = 30.0) -> Iterator[None]:
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as e:
-            raise StateError(f"{self.dir}: cannot use state directory: {e.strerror}",
-                             file=str(self.dir)) from None
+        self._trusted(lambda: safe_files.ensure_dir(self.dir), "state directory", self.dir)
+        fd = self._trusted(lambda: safe_files.open_lock(self.dir / "lock"), "lock file",
+                           self.dir / "lock")
         try:
             deadline = time.monotonic() + timeout
             while True:
@@ -98,29 +102,50 @@ class StateStore:
         finally:
             os.close(fd)        # closing releases the flock
 
+    @staticmethod
+    def _trusted(step: Callable[[], T], what: str, where: Path,
+                 missing_ok: bool = False) -> T | None:
+        """``step()``; its refusals and failures as one-line StateErrors naming ``where``
+        (None for a missing file or directory, if ``missing_ok``)."""
+        try:
+            return step()
+        except safe_files.Unsafe as e:
+            raise StateError(e.refusing(what, where), file=e.path) from None
+        except OSError as e:
+            if missing_ok and isinstance(e, FileNotFoundError):
+                return None
+            bad = str(e.filename or where)
+            raise StateError(f"{bad}: cannot use {what}: {e.strerror or e}", file=bad) from None
+
+    def _read(self) -> bytes | None:
+        """The state file's bytes (None: no state yet), from a trusted place only."""
+        if self._trusted(lambda: safe_files.check_path(self.dir), "state directory",
+                         self.dir, missing_ok=True) is None:
+            return None
+        return self._trusted(lambda: safe_files.read(self.path), "state file", self.path,
+                             missing_ok=True)
+
     def recorded_backend(self) -> str | None:
         """The backend the state names, without building its networks (None if none)."""
         try:
-            b = json.loads(self.path.read_text()).get("backend")
-        except (OSError, ValueError, AttributeError):
+            raw = self._read()
+            b = json.loads(raw).get("backend") if raw is not None else None
+        except (StateError, ValueError, AttributeError):
             return None
         return b if isinstance(b, str) else None
 
     def load(self) -> State:
-        try:
-            raw = self.path.read_text()
-        except FileNotFoundError:
+        data = self._read()
+        if data is None:
             return State()
-        except OSError as e:
-            raise StateError(f"{self.path}: cannot read: {e.strerror}",
-                             file=str(self.path)) from None
         try:
+            raw = data.decode()
             d = json.loads(raw)
             if d.get("version") != FORMAT_VERSION:
                 raise ValueError(f"unsupported format version {d.get('version')!r}")
             raw_nets = d.get("networks", [])
             nets = [network_from_dict(n) for n in raw_nets]
-        except (ValueError, KeyError, TypeError, IndexError) as e:
+        except (ValueError, KeyError, TypeError, IndexError) as e:   # (bad UTF-8 too)
             raise StateError(f"{self.path}: corrupt state ({e}); move it aside and run "
                              "'vnetfw apply' again", file=str(self.path)) from None
         try:
@@ -136,16 +161,19 @@ class StateStore:
                      {n.name: (n, r) for n, r in zip(nets, raw_nets)})
 
     def save(self, state: State) -> None:
-        tmp = self.path.with_suffix(".tmp")
+        """Replace the state file (under the lock, which serialises writers)."""
         # Compact: json's C encoder only serves separators without indent, and a state of
         # 10,000 networks is several MB.
-        data = json.dumps(state.to_json(), separators=(",", ":"), sort_keys=True) + "\n"
-        try:
-            with open(tmp, "w") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except OSError as e:
-            raise StateError(f"{self.path}: cannot write: {e.strerror}",
-                             file=str(self.path)) from None
+        data = (json.dumps(state.to_json(), separators=(",", ":"), sort_keys=True)
+                + "\n").encode()
+
+        def write() -> None:
+            safe_files.check_path(self.dir)
+            safe_files.replace(self.path, data)
+            # What a writer killed half-way left (we hold the lock: no write is under way),
+            # and the fixed name older versions wrote through (unlink never follows a link).
+            for old in safe_files.leftovers(self.path) + [self.dir / "state.tmp"]:
+                with contextlib.suppress(OSError):
+                    os.unlink(old)
+        self._trusted(write, "state file", self.path)
+
