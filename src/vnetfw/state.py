@@ -14,6 +14,11 @@ directory above it), the state file and the lock must be root's (or the invoking
 and not writable by group or others, and no link is followed at their end
 (``safe_files``); anything else is refused with a ``StateError`` naming the path. The
 file is written under a fresh temporary name, never through one someone planted.
+
+Sealed generation: ``save()`` writes a SHA-256 of the file's own bytes (with the digest
+itself zeroed) into its first field, ``_sha256``. ``load()`` trusts the recorded generation only
+while that digest holds: a file edited by hand, or pieced together, gets ``generation``
+None, and the next command reads the firewall rather than believing nothing changed.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import time
@@ -35,6 +41,9 @@ from .model import Network, network_from_dict
 
 DEFAULT_STATE_DIR = "/var/lib/vnetfw"
 FORMAT_VERSION = 1
+# The seal's field: first in the file, as "_" sorts before every other key (sort_keys).
+_SEAL = b'{"_sha256":"'
+_UNSEALED = b"0" * 64
 T = TypeVar("T")
 
 
@@ -156,16 +165,21 @@ class StateStore:
             # Another vnetfw committed it: its rules may not be this version's plan, so
             # "nothing changed since" proves nothing. Read the firewall once.
             gen = None
+        if gen is not None and not _sealed(data):
+            # Edited since vnetfw wrote it: the generation no longer vouches for these
+            # networks (a network taken out by hand would keep its rules live unseen).
+            gen = None
         return State(d.get("backend"), d.get("profile"), d.get("prefix"),
                      {n.name: n for n in nets}, gen,
                      {n.name: (n, r) for n, r in zip(nets, raw_nets)})
 
     def save(self, state: State) -> None:
         """Replace the state file (under the lock, which serialises writers)."""
+        doc = state.to_json()
+        doc["_sha256"] = _UNSEALED.decode()
         # Compact: json's C encoder only serves separators without indent, and a state of
         # 10,000 networks is several MB.
-        data = (json.dumps(state.to_json(), separators=(",", ":"), sort_keys=True)
-                + "\n").encode()
+        data = _seal((json.dumps(doc, separators=(",", ":"), sort_keys=True) + "\n").encode())
 
         def write() -> None:
             safe_files.check_path(self.dir)
@@ -177,3 +191,22 @@ class StateStore:
                     os.unlink(old)
         self._trusted(write, "state file", self.path)
 
+
+def _digest(data: bytes) -> bytes:
+    """SHA-256 of ``data`` with its seal's 64 characters taken as zeros."""
+    at = len(_SEAL)
+    view = memoryview(data)
+    h = hashlib.sha256(view[:at])
+    h.update(_UNSEALED)
+    h.update(view[at + 64:])
+    return h.hexdigest().encode()
+
+
+def _seal(data: bytes) -> bytes:
+    assert data.startswith(_SEAL + _UNSEALED)
+    return _SEAL + _digest(data) + data[len(_SEAL) + 64:]
+
+
+def _sealed(data: bytes) -> bool:
+    """Are these the bytes ``save()`` wrote (the seal in them matches them)?"""
+    return data.startswith(_SEAL) and data[len(_SEAL):len(_SEAL) + 64] == _digest(data)

@@ -173,3 +173,29 @@ def test_a_planted_state_file_is_not_applied(netns, tmp_path, how):
     assert "vbr-n" not in nft(netns)
     for cmd in ("check", "status", "list"):
         refused(vnetfw(cmd, *common(netns, state, tmp_path / "none")), 4, str(f))
+
+
+# -- an edited state ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables-nft", "iptables-legacy"])
+def test_an_edited_state_makes_vnetfw_read_the_firewall(netns, tmp_path, backend):
+    """state.json edited (a network dropped) with its generation left as it was: check
+    must see the dropped network's rules as drift, and reload remove them."""
+    state = tmp_path / "state"
+    args = common(netns, state, tmp_path / "none", backend)
+    assert vnetfw("apply", definition(tmp_path, "a", 1), definition(tmp_path, "b", 2),
+                  *args).returncode == 0
+    assert vnetfw("check", *args).returncode == 0
+    doc = json.loads((state / "state.json").read_text())
+    assert doc["generation"]
+    doc["networks"] = [n for n in doc["networks"] if n["name"] != "b"]
+    (state / "state.json").write_text(json.dumps(doc))
+    live = nft(netns) if backend == "nftables" else save(netns, backend)
+    assert "vbr-b" in live
+    p = vnetfw("check", *args)
+    assert p.returncode == 1 and "unexpected" in p.stdout + p.stderr, p.stdout + p.stderr
+    p = vnetfw("reload", *args)
+    assert p.returncode == 0 and "no change" not in p.stdout, p.stdout
+    live = nft(netns) if backend == "nftables" else save(netns, backend)
+    assert "vbr-b" not in live and "vbr-a" in live
+    assert vnetfw("check", *args).returncode == 0

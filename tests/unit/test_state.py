@@ -74,3 +74,34 @@ def test_a_network_is_written_back_as_read_only_while_it_is_the_same_object(tmp_
     assert sorted(again.networks) == ["a", "b", "d"]
     assert again.networks["b"].bridge == "br-new" and again.networks["d"].mode is Mode.ROUTE
     assert again.networks["a"] == nets["a"]
+
+
+def test_a_generation_is_trusted_only_in_the_file_as_vnetfw_wrote_it(tmp_path):
+    """The seal: state.json edited by hand (here: a network dropped, the generation left
+    as it was) no longer vouches for the firewall, so the next command reads it."""
+    from vnetfw.model import Mode, Network
+    store = StateStore(tmp_path)
+    gen = Generation(42, 7, "boot")
+    nets = {n: Network(n, Mode.OPEN, bridge=f"br-{n}") for n in ("a", "b")}
+    store.save(State("nftables", "default", "VNETFW", nets, gen))
+    assert store.load().generation == gen
+    raw = store.path.read_bytes()
+    d = json.loads(raw)
+    d["networks"] = [n for n in d["networks"] if n["name"] != "b"]
+    store.path.write_text(json.dumps(d, separators=(",", ":"), sort_keys=True) + "\n")
+    st = store.load()
+    assert list(st.networks) == ["a"] and st.generation is None
+    assert raw.startswith(b'{"_sha256":"')
+    for edit in (raw.replace(b'"VNETFW"', b'"VNETFX"'),             # any byte
+                 raw.replace(b'"_sha256":"', b'"_sha256": "'),       # even a space
+                 b"{" + raw[len('{"_sha256":"') + 66:]):              # or without it
+        assert edit != raw
+        store.path.write_bytes(edit)
+        assert store.load().generation is None
+    store.path.write_bytes(raw)                                      # as written: trusted
+    assert store.load().generation == gen
+    # what vnetfw saves of what it loaded is sealed again
+    st = store.load()
+    del st.networks["b"]
+    store.save(st)
+    assert store.load().generation == gen and list(store.load().networks) == ["a"]
