@@ -13,12 +13,15 @@ an unchanged re-apply, ``check`` and ``status`` read nothing, and ``apply``/``re
 only the networks that differ and let the backend compute their change from its own last
 commit (``Backend.assumed_live``) instead of a readback.
 
-Hooks: after a command changed networks, every executable in the hooks folder (default
-``/etc/vnetfw/hooks.d``) runs, in name order, as ``HOOK NETWORK EVENT`` with the network's
-definition as JSON on stdin (``EVENT``: added, updated, removed, reloaded), like libvirt's
-network hook. Hooks run after the firewall change is complete, so a failing hook never
-leaves half-applied rules: it is reported (``Report.hook_failures``, exit status 6) and the
-rules stay whole.
+Hooks (``hooks``): after a command changed networks, the hooks in the hooks folder
+(default ``/etc/vnetfw/hooks.d``; run-parts' names) run, in name order, as ``HOOK NETWORK
+EVENT`` with the network's definition as JSON on stdin (``EVENT``: added, updated,
+removed, reloaded), like libvirt's network hook, inside the engine's namespace, with
+``VNETFW_NETNS``, ``VNETFW_BACKEND`` and ``VNETFW_STATE_DIR`` set. They are found and
+checked before the change (a hook another user could have written refuses the command,
+``HookError``, with nothing changed) and run after it is complete, so a failing hook
+never leaves half-applied rules: it is reported (``Report.hook_failures``, exit status 6)
+and the rules stay whole.
 
 Ctrl-C: from the moment the backend commits, the first one is held back and raised once the
 command is done, its state written and its zones and hooks run (the CLI: its report, then
@@ -36,9 +39,7 @@ rules of every network).
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -48,7 +49,7 @@ from .backends import BACKENDS, Backend, Change, Scope, get_backend
 from .backends.nfgen import Generation
 from .backends.runner import FeedUnavailable, Runner
 from .errors import BackendError, RollbackIncomplete, UsageError
-from . import interrupts
+from . import hooks, interrupts
 from .model import Mode, Network, validate_together
 from .plan import PROFILES, Profile, network_rules, plan, plan_networks
 from .ruleset import Rule, Ruleset
@@ -139,8 +140,11 @@ class Engine:
         self._prefetched: tuple[str, Generation | None] | None = None
         # Ctrl-C from the commit until the command is done: see ``interrupts``
         self.interrupts = interrupts.DEFERRAL
-        self.hooks_dir = Path(hooks_dir if hooks_dir is not None
-                              else os.environ.get("VNETFW_HOOKS_DIR", DEFAULT_HOOKS_DIR))
+        # Absolute now: a hook runs by its full path, never looked up through PATH
+        # ("--hooks-dir ."), and a later chdir changes nothing.
+        self.hooks_dir = Path(os.path.abspath(
+            hooks_dir if hooks_dir is not None
+            else os.environ.get("VNETFW_HOOKS_DIR", DEFAULT_HOOKS_DIR)))
 
     # -- helpers ------------------------------------------------------------------------
     def backend_for(self, state: State) -> Backend:
@@ -403,32 +407,18 @@ class Engine:
         report.warnings += res.warnings
         report.notes += res.notes
 
-    def hooks(self) -> list[Path]:
-        try:
-            return sorted(p for p in self.hooks_dir.iterdir()
-                          if p.is_file() and os.access(p, os.X_OK) and not p.name.startswith("."))
-        except (FileNotFoundError, NotADirectoryError):
-            return []
+    def find_hooks(self, dry_run: bool = False) -> list[str]:
+        """The hooks a command will run (none on a dry run), found and checked now, before
+        it changes anything: ``HookError`` if one is not safe to run as root."""
+        return [] if dry_run else hooks.find(self.hooks_dir)
 
-    def _run_hooks(self, events: list[tuple[Network, str]], report: Report) -> None:
-        hooks = self.hooks()
-        if not hooks:
+    def _run_hooks(self, found: list[str], backend: Backend,
+                   events: list[tuple[Network, str]], report: Report) -> None:
+        if not found or not events:
             return
-        for net, event in events:
-            payload = json.dumps(net.to_dict())
-            for hook in hooks:
-                try:
-                    # its own session: a Ctrl-C held back for the command is not the
-                    # hook's to die of (a second one stops vnetfw, and the hook with it)
-                    p = subprocess.run([str(hook), net.name, event], input=payload, text=True,
-                                       capture_output=True, timeout=60,
-                                       start_new_session=True)
-                    err = None if p.returncode == 0 else \
-                        f"exit {p.returncode}: {(p.stderr.strip().splitlines() or [''])[-1]}"
-                except (OSError, subprocess.TimeoutExpired) as e:
-                    err = str(e)
-                if err is not None:
-                    report.hook_failures.append(f"hook {hook.name} {net.name} {event}: {err}")
+        env = {"VNETFW_NETNS": self.runner.netns or "", "VNETFW_BACKEND": backend.name,
+               "VNETFW_STATE_DIR": os.path.abspath(self.store.dir)}
+        report.hook_failures += hooks.run(self.runner, found, events, env)
 
     # -- commands -----------------------------------------------------------------------
     def setup(self, dry_run: bool = False) -> Report:
@@ -499,6 +489,7 @@ class Engine:
                 if everything() == state.networks:
                     return self._noted(rep, nets)           # nothing to do, nothing read
                 partial = self._partial(state, b, prof, merged)
+            found = self.find_hooks(dry_run)
             gen = self._sync(b, lambda: plan(everything().values(), prof), "full", dry_run,
                              rep, prof.prefix, g0=g0, partial=partial, fresh=as_read)
             if self._switch_away(state, b, prof, dry_run, rep):
@@ -508,7 +499,8 @@ class Engine:
                 old = dict(state.networks)
                 self._save(state, b, prof, everything(), gen)
                 self._zones(old, merged, rep)
-                self._run_hooks([(n, "updated" if n.name in old else "added") for n in nets
+                self._run_hooks(found, b,
+                                [(n, "updated" if n.name in old else "added") for n in nets
                                  if old.get(n.name) != n]
                                 + [(n, "removed") for k, n in sorted(old.items())
                                    if k not in merged], rep)
@@ -546,6 +538,7 @@ class Engine:
             prof = self.profile_for(state)
             kept = {k: v for k, v in state.networks.items() if k not in names}
             rep = Report("remove", b.name, networks=sorted(names), applied=not dry_run)
+            found = self.find_hooks(dry_run)
             gen = self._sync(b, lambda: plan(kept.values(), prof), "full", dry_run, rep,
                              partial=self._partial(state, b, prof, kept))
             if self._switch_away(state, b, prof, dry_run, rep):
@@ -555,7 +548,7 @@ class Engine:
                 gone = [state.networks[n] for n in names]
                 self._save(state, b, prof, kept, gen)
                 self._zones(before, kept, rep)
-                self._run_hooks([(n, "removed") for n in gone], rep)
+                self._run_hooks(found, b, [(n, "removed") for n in gone], rep)
             return rep
 
     def reload(self, dry_run: bool = False) -> Report:
@@ -572,9 +565,11 @@ class Engine:
                 # nothing to re-create. (A layout left by 'setup' or by removing the last
                 # network is not guarded either: see ``check``.)
                 return rep
+            found: list[str] = []
             if self._untouched(state, b, prof, state.networks):
                 gen = state.generation
             else:
+                found = self.find_hooks(dry_run)
                 gen = self._sync(b, lambda: plan(state.networks.values(), prof), "full",
                                  dry_run, rep, prof.prefix,
                                  fresh=lambda: plan_networks(state.networks.values(), prof))
@@ -586,8 +581,8 @@ class Engine:
             if not dry_run:     # idempotent: restores zones after a firewalld restart
                 self._zones(state.networks, state.networks, rep)
             if rep.changed and not dry_run:
-                self._run_hooks([(state.networks[n], "reloaded") for n in sorted(state.networks)],
-                                rep)
+                self._run_hooks(found, b, [(state.networks[n], "reloaded")
+                                           for n in sorted(state.networks)], rep)
             return rep
 
     def check(self) -> list[Change]:
@@ -615,6 +610,7 @@ class Engine:
             prof = self.profile_for(state)
             rep = Report("teardown", b.name, networks=sorted(state.networks),
                          applied=not dry_run)
+            found = self.find_hooks(dry_run)
             self._sync(b, None, "teardown", dry_run, rep, prefix=state.prefix or prof.prefix,
                        g0=None)                 # not recorded: no generation to read
             if not dry_run:
@@ -622,7 +618,7 @@ class Engine:
                 gone = list(before.values())
                 self._save(state, b, prof, {}, None)    # the layout is gone too: unknown
                 self._zones(before, {}, rep)
-                self._run_hooks([(n, "removed") for n in gone], rep)
+                self._run_hooks(found, b, [(n, "removed") for n in gone], rep)
             return rep
 
     def status(self) -> dict[str, Any]:

@@ -104,6 +104,13 @@ class LockTimeout(StateError):
     kind = "lock"
 
 
+class HookError(VnetfwError):
+    """The hooks cannot be run safely (a hooks dir or hook another user could have
+    written): refused before the command changed anything."""
+
+    exit_code = 6
+
+
 class GuardError(VnetfwError):
     """A safety guard refused to act (e.g. a lab asked to touch the namespace it runs in)."""
 

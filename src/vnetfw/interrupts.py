@@ -15,7 +15,7 @@ unless a commit of the same command already went through (``landed``).
 
 Only SIGINT's default handling is taken over: a caller that handles SIGINT itself
 (``vnetfw watch`` stops gracefully) or ignores it (a background job) keeps its own. The
-tools and hooks run in their own session (``Runner``, ``Engine._run_hooks``), so the
+tools and hooks run in their own session (both started by ``Runner``), so the
 terminal's Ctrl-C reaches vnetfw, not a restore half-way through its tables. Signal
 handlers can only be set in the main thread: elsewhere (a library caller's worker
 thread) this does nothing.

@@ -199,3 +199,106 @@ def test_an_edited_state_makes_vnetfw_read_the_firewall(netns, tmp_path, backend
     live = nft(netns) if backend == "nftables" else save(netns, backend)
     assert "vbr-b" not in live and "vbr-a" in live
     assert vnetfw("check", *args).returncode == 0
+
+
+# -- hooks ----------------------------------------------------------------------------------
+
+def _hook(path: Path, mark: Path, mode: int = 0o755) -> Path:
+    path.write_text(f"#!/bin/sh\necho \"$0 $1 $2\" >> {mark}\n")
+    path.chmod(mode)
+    return path
+
+
+@pytest.mark.parametrize("how", ["dir 0777", "dir nobody's", "hook 0777", "hook 0775",
+                                 "hook nobody's", "symlink to nobody's program",
+                                 "symlink into a 0777 dir"])
+def test_a_hook_others_could_have_written_is_not_run(netns, tmp_path, how):
+    """Hooks run as root: one from a place another user can write is refused with one
+    line, before the change, so nothing changes and nothing runs."""
+    hooks = tmp_path / "hooks.d"
+    hooks.mkdir()
+    mark = tmp_path / "ran"
+    name = hooks / "10-hook"
+    if how.startswith("symlink"):
+        other = tmp_path / "other"
+        other.mkdir()
+        prog = _hook(other / "prog", mark)
+        if how == "symlink to nobody's program":
+            os.chown(prog, NOBODY, NOBODY)
+            bad = prog
+        else:
+            other.chmod(0o777)
+            bad = other
+        name.symlink_to(prog)
+    else:
+        _hook(name, mark, {"hook 0777": 0o777, "hook 0775": 0o775}.get(how, 0o755))
+        bad = name if how.startswith("hook") else hooks
+        if how == "dir 0777":
+            hooks.chmod(0o777)
+        elif how == "dir nobody's":
+            os.chown(hooks, NOBODY, NOBODY)
+        elif how == "hook nobody's":
+            os.chown(name, NOBODY, NOBODY)
+    p = vnetfw("apply", definition(tmp_path), *common(netns, tmp_path / "state", hooks))
+    refused(p, 6, "hook", str(bad), "owned by uid 65534" if "nobody" in how else "chmod go-w")
+    assert not mark.exists()
+    assert "vnetfw" not in nft(netns)
+
+
+def test_a_symlink_to_roots_program_is_a_hook(netns, tmp_path):
+    """A hook may be a link to a program root owns in a place only root can write (as
+    run-parts runs one); every step of the link is checked like the hooks dir."""
+    hooks, mark = tmp_path / "hooks.d", tmp_path / "ran"
+    hooks.mkdir()
+    (tmp_path / "bin").mkdir()
+    (hooks / "10-link").symlink_to(_hook(tmp_path / "bin" / "prog", mark))
+    p = vnetfw("apply", definition(tmp_path), *common(netns, tmp_path / "state", hooks))
+    assert p.returncode == 0, p.stderr
+    assert mark.read_text() == f"{hooks / '10-link'} n added\n"
+
+
+def test_hooks_dir_dot_runs_hooks_by_absolute_path(netns, tmp_path):
+    """`--hooks-dir .` ran the hook by its bare name, through PATH, and failed."""
+    hooks, mark = tmp_path / "hooks.d", tmp_path / "ran"
+    hooks.mkdir()
+    _hook(hooks / "10-hook", mark)
+    args = common(netns, tmp_path / "state", Path("."))
+    p = vnetfw("apply", definition(tmp_path), *args, cwd=hooks)
+    assert p.returncode == 0, p.stderr
+    assert mark.read_text() == f"{hooks / '10-hook'} n added\n"
+
+
+def test_hooks_run_inside_the_namespace_with_its_name_backend_and_state_dir(netns, tmp_path):
+    """With --netns, a hook runs in that namespace (it ran in the host's), and its
+    environment says which namespace, backend and state dir."""
+    hooks, out = tmp_path / "hooks.d", tmp_path / "seen"
+    hooks.mkdir()
+    (hooks / "10-where").write_text(
+        "#!/bin/sh\n"
+        f'echo "ns=$(ip netns identify) inode=$(stat -L -c %i /proc/self/ns/net) '
+        f'env=$VNETFW_NETNS,$VNETFW_BACKEND,$VNETFW_STATE_DIR" >> {out}\n')
+    (hooks / "10-where").chmod(0o755)
+    state = tmp_path / "state"
+    p = vnetfw("apply", definition(tmp_path), *common(netns, state, hooks, "iptables-nft"))
+    assert p.returncode == 0, p.stderr
+    inode = os.stat(f"/run/netns/{netns}").st_ino
+    assert out.read_text() == f"ns={netns} inode={inode} env={netns},iptables-nft,{state}\n"
+    assert inode != os.stat("/proc/self/ns/net").st_ino
+
+
+def test_hook_names_follow_run_parts(netns, tmp_path):
+    """Like run-parts without --lsbsysinit: only names of ASCII letters, digits, '_' and
+    '-' run, in C-locale order; packaging leftovers, backups and dot-files do not."""
+    hooks, log = tmp_path / "hooks.d", tmp_path / "ran"
+    hooks.mkdir()
+    names = ["10-ok", "20_OK-b", "Z9", ".hidden", "10-ok~", "10-ok.dpkg-old",
+             "10-ok.dpkg-dist", "10-ok.dpkg-new", "10-ok.rpmnew", "10-ok.rpmsave", "hook.sh",
+             "with space", "caf\u00e9", "30-off"]
+    for n in names:
+        (hooks / n).write_text(f"#!/bin/sh\necho {n!r} >> {log}\n")
+        (hooks / n).chmod(0o644 if n == "30-off" else 0o755)
+    (hooks / "40-dir").mkdir()          # not a file: skipped, as run-parts does
+    p = vnetfw("apply", definition(tmp_path), *common(netns, tmp_path / "state", hooks))
+    assert p.returncode == 0, p.stderr
+    # C-locale order: digits, then upper case, then lower case
+    assert log.read_text().split() == ["10-ok", "20_OK-b", "Z9"]

@@ -27,7 +27,7 @@ import select
 import signal
 import subprocess
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Mapping
 
 from ..errors import BackendError
 
@@ -126,10 +126,13 @@ class Runner:
         os.set_inheritable(fd, True)
         return fd, {"preexec_fn": _setns_preexec(fd), "pass_fds": (fd,)}
 
-    def run(self, argv: list[str], stdin: str | None = None, *, check: bool = True) -> str:
+    def run(self, argv: list[str], stdin: str | None = None, *, check: bool = True,
+            env: Mapping[str, str] | None = None, timeout: float | None = None) -> str:
         """Run argv in our namespace; return stdout. Raise CommandFailed on non-zero exit,
-        NotStarted if it never ran (see the module's contract)."""
+        NotStarted if it never ran (see the module's contract). ``env``: variables to set
+        on top of vnetfw's environment; ``timeout``: instead of the runner's."""
         fd = None
+        timeout = self.timeout if timeout is None else timeout
         try:
             fd, kwargs = self._netns_kwargs()
             try:
@@ -137,14 +140,16 @@ class Runner:
                 # (``interrupts``), not a restore half-way through its tables.
                 p = subprocess.Popen(argv, stdin=None if stdin is None else subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, start_new_session=True, **kwargs)
+                                     text=True, start_new_session=True,
+                                     env=None if env is None else {**os.environ, **env},
+                                     **kwargs)
             except FileNotFoundError:
                 raise NotStarted(f"{argv[0]}: command not found") from None
             except OSError as e:            # not executable, no memory to fork...
                 raise NotStarted(f"{argv[0]}: {e.strerror or e}") from None
             with p:
                 try:
-                    out, err = p.communicate(stdin, timeout=self.timeout)
+                    out, err = p.communicate(stdin, timeout=timeout)
                 except BaseException as e:
                     # Killed, and waited for: a restore killed inside its commit finishes
                     # that system call first, and whoever reads the firewall next (the undo
@@ -157,7 +162,7 @@ class Runner:
                     p.wait()
                     if isinstance(e, subprocess.TimeoutExpired):
                         raise BackendError(f"{argv[0]} did not finish within "
-                                           f"{self.timeout:.0f}s") from None
+                                           f"{timeout:.0f}s") from None
                     raise
         finally:
             if fd is not None:
