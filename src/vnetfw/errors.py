@@ -109,6 +109,7 @@ class HookError(VnetfwError):
     written): refused before the command changed anything."""
 
     exit_code = 6
+    kind = "hook"
 
 
 class GuardError(VnetfwError):

@@ -32,10 +32,12 @@ EXIT_CODES: tuple[tuple[int, str, str], ...] = (
                              "field named); nothing changed"),
     (3, "backend", "a firewall command failed, or cannot run (needs root "
                    "(CAP_NET_ADMIN)); what the change wrote was undone"),
-    (4, "state, lock", "the state directory is unusable, or another vnetfw held its lock "
+    (4, "state, lock", "the state directory is unusable or not safe (another user could "
+                       "have written it), or another vnetfw held its lock "
                        "too long; nothing changed"),
     (5, "safety guard", "a guard refused to act (e.g. the lab on the namespace it runs in)"),
-    (6, "hook", "the change landed whole, but a hook failed"),
+    (6, "hook", "the change landed whole, but a hook failed; or a hook another user could "
+                "have written was refused before anything changed"),
     (130, "interrupted", "Ctrl-C: a change in progress landed whole or not at all"),
 )
 
