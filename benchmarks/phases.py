@@ -74,6 +74,7 @@ TARGETS = [
     ("vnetfw.engine", "validate_together", "validation"),
     ("vnetfw.plan", "validate_together", "validation"),
     ("vnetfw.sources", "validate_together", "validation"),
+    ("vnetfw.engine", "Engine.find_hooks", "hooks"),          # found and checked first
     ("vnetfw.engine", "Engine._run_hooks", "hooks"),
     ("vnetfw.cli", "_print_report", "output"),
     ("vnetfw.backends.runner", "Runner.run", _run_phase),
