@@ -51,7 +51,8 @@ from .backends.runner import FeedUnavailable, Runner
 from .errors import BackendError, RollbackIncomplete, UsageError
 from . import hooks, interrupts
 from .model import Mode, Network, validate_together
-from .plan import PROFILES, Profile, network_rules, plan, plan_networks
+from .plan import (PROFILES, Profile, allowing, network_rules, peers_of, plan, plan_networks,
+                   plan_some)
 from .ruleset import Rule, Ruleset
 from .state import State, StateStore, default_state_dir
 
@@ -232,9 +233,10 @@ class Engine:
         before = state.networks
         names = [n for n in before if after.get(n) != before[n]] + \
                 [n for n in after if n not in before]
-        return Partial(state.generation,
-                       plan([before[n] for n in names if n in before], profile),
-                       plan([after[n] for n in names if n in after], profile))
+        # An allow's rules depend on the network it names: those change with it.
+        names += sorted(allowing(names, before, after) - set(names))
+        return Partial(state.generation, plan_some(names, before, profile),
+                       plan_some(names, after, profile))
 
     def _sync(self, backend: Backend, desired: Ruleset | Callable[[], Ruleset] | None,
               scope: Scope, dry_run: bool, report: Report, prefix: str | None = None,
@@ -471,12 +473,19 @@ class Engine:
                 """Each network planned as soon as it is read (if not read already); then,
                 once all are checked together, the others by name."""
                 done: set[str] = set()
+                later: list[Network] = []       # with allows: planned with their peers
                 for n in source:
                     nets.append(n)
                     done.add(n.name)
+                    if n.allows:
+                        later.append(n)
+                        continue
                     yield n.name, network_rules(n, prof)
-                yield from ((k, network_rules(n, prof))
-                            for k, n in sorted(everything().items()) if k not in done)
+                every = everything()
+                for n in later:
+                    yield n.name, network_rules(n, prof, peers_of(n, every))
+                yield from ((k, network_rules(n, prof, peers_of(n, every)))
+                            for k, n in sorted(every.items()) if k not in done)
 
             rep = Report("sync" if exact else "apply", b.name, applied=not dry_run)
             if self._last_commit_was(state, b, prof):

@@ -32,9 +32,11 @@ import functools
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from .model import IPBlock, Mode, Network, chain_prefix_problem, validate_together
-from .ruleset import (ACCEPT, CHECKSUM, CT_REPLY, MASQUERADE, REJECT, RETURN, SNAT, Family,
-                      Rule, Ruleset)
+import ipaddress
+
+from .model import IPBlock, IPNet, Mode, Network, chain_prefix_problem, validate_together
+from .ruleset import (ACCEPT, CHECKSUM, CT_REPLY, DNAT, MASQUERADE, REJECT, RETURN, SNAT,
+                      Family, Rule, Ruleset)
 
 
 @dataclass(frozen=True)
@@ -62,9 +64,10 @@ _BCAST = "255.255.255.255/32"
 def plan(networks: Iterable[Network], profile: Profile) -> Ruleset:
     """Every rule for ``networks`` under ``profile``, in evaluation order per chain."""
     nets = validate_together(networks)        # sorted by name; rejects clashes
+    by_name = {n.name: n for n in nets}
     rules: list[Rule] = []
     for net in nets:
-        rules.extend(network_rules(net, profile))
+        rules.extend(network_rules(net, profile, peers_of(net, by_name)))
     return Ruleset.canonical(profile.prefix, rules)
 
 
@@ -73,26 +76,187 @@ def plan_networks(networks: Iterable[Network], profile: Profile
     """``plan`` network by network: (name, its rules) in name order, each network planned
     only when the consumer asks for it, so a backend can load one network while the next
     is planned (``Backend.load_fresh``). The networks are checked together first."""
-    for net in validate_together(networks):
-        yield net.name, network_rules(net, profile)
+    nets = validate_together(networks)
+    by_name = {n.name: n for n in nets}
+    for net in nets:
+        yield net.name, network_rules(net, profile, peers_of(net, by_name))
+
+
+def plan_some(names: Iterable[str], networks: dict[str, Network], profile: Profile) -> Ruleset:
+    """The rules of the networks ``names`` (those of them in ``networks``), each planned
+    against all of ``networks`` (its allows' peers): what ``plan(networks)`` holds of them.
+    ``networks`` must be valid together."""
+    rules: list[Rule] = []
+    for name in sorted(set(names)):
+        if (net := networks.get(name)) is not None:
+            rules.extend(network_rules(net, profile, peers_of(net, networks)))
+    return Ruleset.canonical(profile.prefix, rules)
+
+
+def allowing(names: Iterable[str], *networks: dict[str, Network]) -> set[str]:
+    """Networks (of any of ``networks``) with an allow naming one of ``names``: their rules
+    change when those networks come, go or change."""
+    wanted = set(names)
+    return {n.name for nets in networks for n in nets.values()
+            if any(a.to in wanted for a in n.allows)}
+
+
+def peers_of(net: Network, by_name: dict[str, Network]) -> tuple[Network, ...]:
+    """The networks ``net``'s allows name that are active (in ``by_name``): what its allow
+    rules depend on besides itself. An allow naming a network not active waits for it."""
+    return tuple(dict.fromkeys(by_name[a.to] for a in net.allows if a.to in by_name))
+
+
+def waiting_allows(net: Network, by_name: dict[str, Network]) -> list[str]:
+    """Names of the networks ``net`` allows into that are not active (or not firewalled):
+    their allows take effect once those are applied."""
+    return [a.to for a in net.allows
+            if a.to not in by_name or not by_name[a.to].mode.firewalled
+            or by_name[a.to].bridge is None]
 
 
 @functools.lru_cache(maxsize=16384)
-def network_rules(net: Network, profile: Profile) -> tuple[Rule, ...]:
-    """The rules of one network, in libvirt's order within each chain. Pure, so cached: an
-    apply plans the networks before and after the change, and all but the changed ones
-    are the same objects."""
-    return tuple(_network_rules(net, profile))
+def network_rules(net: Network, profile: Profile,
+                  peers: tuple[Network, ...] = ()) -> tuple[Rule, ...]:
+    """The rules of one network, in libvirt's order within each chain; ``peers`` are the
+    active networks its allows name (``peers_of``). Pure, so cached: an apply plans the
+    networks before and after the change, and all but the changed ones are the same
+    objects."""
+    return tuple(_network_rules(net, profile, peers))
 
 
-def _network_rules(net: Network, profile: Profile) -> list[Rule]:
+def _network_rules(net: Network, profile: Profile, peers: tuple[Network, ...]) -> list[Rule]:
     if not net.mode.firewalled:
         return []       # open and the host-bridge modes: no rules at all
     out: list[Rule] = []
     out += _general_v4(net, profile)
     if net.ips_of(6) or net.ipv6_nogw or profile.always_ipv6:
         out += _general_v6(net, profile)
+    extra = _forward_rules(net) + _allow_rules(net, peers)
+    if extra:
+        # Hairpin masquerades and allow exemptions go first in the network's nat PRT
+        # block: before its RETURNs and MASQUERADEs, which they must pre-empt.
+        for fam in (4, 6):
+            first = [r for r in extra if r.chain == "PRT" and r.family == fam]
+            at = next((i for i, r in enumerate(out) if r.table == "nat" and r.chain == "PRT"
+                       and r.family == fam), len(out))
+            out[at:at] = first
+        out += [r for r in extra if r.chain != "PRT"]
     return out
+
+
+def _host_cidr(addr) -> str:
+    return f"{addr}/{addr.max_prefixlen}"
+
+
+def _forward_rules(net: Network) -> list[Rule]:
+    """A forward, port by port (a range maps one to one): its DNAT (nat DNAT, one rule per
+    source), the accept of what it translated (filter FWD), and once per subnet holding a
+    target, the hairpin masquerade (nat PRT): a guest reaching a forward into its own
+    subnet gets the reply from the host, not straight from the other guest, whose reply
+    would otherwise bypass the translation and be refused by the client."""
+    rules: list[Rule] = []
+    seen_ok: set[tuple] = set()
+    hairpin: dict[str, Family] = {}
+    for fw in net.port_forwards:
+        addr = net.forward_address(fw)
+        fam: Family = addr.version  # type: ignore[assignment]
+        host = _host_cidr(fw.host_address) if fw.host_address is not None else None
+        for i in range(fw.port[1] - fw.port[0] + 1):
+            port, to_port = fw.port[0] + i, fw.to_port[0] + i
+            for src in fw.source or (None,):
+                rules.append(_r(net, fam, "nat", "DNAT", DNAT, proto=fw.proto, dport=port,
+                                dst=host, src=str(src) if src is not None else None,
+                                to_addr=str(addr), to_port=to_port))
+            if (key := (str(addr), fw.proto, to_port)) not in seen_ok:
+                seen_ok.add(key)
+                rules.append(_r(net, fam, "filter", "FWD", ACCEPT, oif=net.bridge,
+                                dst=_host_cidr(addr), proto=fw.proto, dport=to_port,
+                                ctstatus="DNAT"))
+        for ip in net.ips:
+            if ip.family == fam and addr in ip.subnet:
+                hairpin.setdefault(ip.cidr, fam)
+    for cidr, fam in hairpin.items():
+        rules.append(_r(net, fam, "nat", "PRT", MASQUERADE, src=cidr, dst=cidr,
+                        ctstatus="DNAT"))
+    return rules
+
+
+def _partition(nets: list[IPNet]) -> list[IPNet]:
+    """Disjoint blocks covering ``nets``, split where one contains another (CIDR blocks
+    nest or are disjoint), so that each block is covered by the same allows throughout:
+    nftables' interval sets refuse overlapping elements."""
+    pieces = set(nets)
+    while True:
+        split = next(((a, b) for a in pieces for b in pieces
+                      if a != b and b.subnet_of(a)), None)  # type: ignore[arg-type]
+        if split is None:
+            return sorted(pieces, key=lambda n: (int(n.network_address), n.prefixlen))
+        a, b = split
+        pieces.remove(a)
+        pieces.update(a.address_exclude(b))  # type: ignore[arg-type]
+
+
+def _merge_ports(specs: list[tuple[str, int, int] | None]) -> list[tuple[str, int, int] | None]:
+    """Port specs of several allows as disjoint ranges per protocol; None (everything)
+    swallows the rest."""
+    if None in specs:
+        return [None]
+    out: list[tuple[str, int, int] | None] = []
+    for proto in ("tcp", "udp"):
+        ranges = sorted((s[1], s[2]) for s in specs if s is not None and s[0] == proto)
+        merged: list[list[int]] = []
+        for lo, hi in ranges:
+            if merged and lo <= merged[-1][1] + 1:
+                merged[-1][1] = max(merged[-1][1], hi)
+            else:
+                merged.append([lo, hi])
+        out += [(proto, lo, hi) for lo, hi in merged]
+    return out
+
+
+def _allow_rules(net: Network, peers: tuple[Network, ...]) -> list[Rule]:
+    """Allows into active peers: per family, new connections from the allowed part of this
+    network to the peer's subnets on the listed ports (filter ALW), the replies (filter
+    ALW, reply direction of an established connection only), and for a nat network the
+    exemption from masquerading (nat PRT RETURN: the peer sees the real address)."""
+    by_name = {p.name: p for p in peers}
+    rules: list[Rule] = []
+    for fam in (4, 6):
+        own = [ip.subnet for ip in net.ips_of(fam)]
+        targets: dict[str, list] = {}
+        for al in net.allows:
+            peer = by_name.get(al.to)
+            if peer is None or not peer.mode.firewalled or peer.bridge is None \
+                    or not peer.ips_of(fam) or not own:
+                continue
+            srcs = [s for s in al.source if s.version == fam] if al.source else own
+            if al.source and not srcs:
+                continue
+            specs = [(p.proto, p.start, p.end) for p in al.ports] if al.ports else [None]
+            targets.setdefault(peer.name, []).append((srcs, specs))
+        for name, grants in targets.items():
+            peer = by_name[name]
+            pieces = _partition([s for srcs, _ in grants for s in srcs])
+            for dst_ip in peer.ips_of(fam):
+                dst = dst_ip.cidr
+                for piece in pieces:
+                    specs = [sp for srcs, sps in grants
+                             if any(piece.subnet_of(s) for s in srcs) for sp in sps]
+                    for spec in _merge_ports(specs):
+                        kw = {} if spec is None else {
+                            "proto": spec[0], "dport": spec[1],
+                            "dport_end": spec[2] if spec[2] != spec[1] else None}
+                        # No output interface: the destination address decides it.
+                        rules.append(_r(net, fam, "filter", "ALW", ACCEPT, iif=net.bridge,
+                                        src=str(piece), dst=dst, **kw))
+                    rules.append(_r(net, fam, "filter", "ALW", ACCEPT, iif=peer.bridge,
+                                    src=dst, dst=str(piece), ctstate=CT_REPLY, ctdir="REPLY"))
+                for ip in net.ips_of(fam):
+                    if _nat_applies(net, ip):
+                        rules.append(_r(net, fam, "nat", "PRT", RETURN, src=ip.cidr, dst=dst,
+                                        oif=peer.bridge))
+    return rules
 
 
 def _r(net: Network, family: Family, table: str, chain: str, verdict: str, **kw) -> Rule:

@@ -44,7 +44,21 @@ LAYOUT: tuple[ChainSpec, ...] = (
     ChainSpec("mangle", "PRT", "POSTROUTING"),
 )
 TABLES: tuple[str, ...] = ("filter", "nat", "mangle")
-_CHAIN_INDEX = {(c.table, c.suffix): i for i, c in enumerate(LAYOUT)}
+# Port forwards and allows (docs/port-forwards.md): rules the nftables backend keeps as
+# elements of shared maps and sets, not in per-network chains.
+# - nat DNAT: a forward's translation, evaluated at prerouting and (for the host's own
+#   connections) at nat output;
+# - filter ALW: an allow's new connections and its replies, evaluated before FWX (so an
+#   isolated network's allow gets past its own rejects, and nothing else does);
+# - filter FWD: connections a forward translated, accepted after FWX (an isolated
+#   network's guests never reach a forward) and before FWI (the target network's rejects).
+FEATURE_CHAINS: tuple[ChainSpec, ...] = (
+    ChainSpec("nat", "DNAT", "PREROUTING"),
+    ChainSpec("filter", "ALW", "FORWARD"),
+    ChainSpec("filter", "FWD", "FORWARD"),
+)
+FEATURE_KEYS = frozenset((c.table, c.suffix) for c in FEATURE_CHAINS)
+_CHAIN_INDEX = {(c.table, c.suffix): i for i, c in enumerate(LAYOUT + FEATURE_CHAINS)}
 
 
 def chains_of(table: str) -> tuple[ChainSpec, ...]:
@@ -53,8 +67,8 @@ def chains_of(table: str) -> tuple[ChainSpec, ...]:
 
 # Verdicts a rule can carry.
 ACCEPT, REJECT, RETURN = "ACCEPT", "REJECT", "RETURN"
-MASQUERADE, SNAT, CHECKSUM = "MASQUERADE", "SNAT", "CHECKSUM"
-VERDICTS = frozenset({ACCEPT, REJECT, RETURN, MASQUERADE, SNAT, CHECKSUM})
+MASQUERADE, SNAT, CHECKSUM, DNAT = "MASQUERADE", "SNAT", "CHECKSUM", "DNAT"
+VERDICTS = frozenset({ACCEPT, REJECT, RETURN, MASQUERADE, SNAT, CHECKSUM, DNAT})
 CT_REPLY = ("RELATED", "ESTABLISHED")
 
 
@@ -85,6 +99,16 @@ class Rule(NamedTuple):
     ctstate: tuple[str, ...] = ()
     to_ports: tuple[int, int] | None = None
     to_source: str | None = None
+    dport_end: int | None = None
+    ctstatus: str | None = None
+    ctdir: str | None = None
+    to_addr: str | None = None
+    to_port: int | None = None
+
+    @property
+    def feature(self) -> bool:
+        """A port forward's or allow's rule (``FEATURE_CHAINS``)."""
+        return (self.table, self.chain) in FEATURE_KEYS
 
     @property
     def optional(self) -> bool:
@@ -107,10 +131,19 @@ class Rule(NamedTuple):
         if self.dst:
             parts.append(f"to {'not ' if self.dst_neg else ''}{self.dst}")
         if self.proto:
-            parts.append(self.proto + (f"/{self.dport}" if self.dport else ""))
+            ports = "" if not self.dport else f"/{self.dport}" + (
+                f"-{self.dport_end}" if self.dport_end is not None else "")
+            parts.append(self.proto + ports)
         if self.ctstate:
             parts.append("state " + ",".join(self.ctstate).lower())
+        if self.ctdir:
+            parts.append(f"direction {self.ctdir.lower()}")
+        if self.ctstatus:
+            parts.append(f"status {self.ctstatus.lower()}")
         v = self.verdict.lower()
+        if self.to_addr:
+            to = f"[{self.to_addr}]" if ":" in self.to_addr else self.to_addr
+            v += f" to {to}:{self.to_port}"
         if self.to_source:
             v += f" to {self.to_source}"
         if self.to_ports:
@@ -134,13 +167,19 @@ class Ruleset:
     def canonical(cls, prefix: str, rules: Iterable[Rule],
                   families: tuple[Family, ...] = FAMILIES) -> "Ruleset":
         """Build a ruleset with rules in canonical order: by family, then by layout chain;
-        each chain keeps the order its rules were given in (a bucket sort: linear)."""
+        each chain keeps the order its rules were given in (a bucket sort: linear), except
+        the forwards' and allows' (``FEATURE_CHAINS``), which are sorted."""
         buckets: dict[tuple[int, int], list[Rule]] = {}
         for r in rules:
             k = (r.family, _CHAIN_INDEX[r.table, r.chain])
             if (b := buckets.get(k)) is None:
                 buckets[k] = b = []
             b.append(r)
+        for k, b in buckets.items():
+            if (LAYOUT + FEATURE_CHAINS)[k[1]] in FEATURE_CHAINS:
+                # Forwards and allows do not depend on each other's order (their matches
+                # never overlap): sorted, so a set's elements read back compare equal.
+                b.sort(key=lambda r: (r.network, repr(r)))
         return cls(prefix, tuple(r for k in sorted(buckets) for r in buckets[k]), families)
 
     def chain_name(self, suffix: str) -> str:
@@ -154,7 +193,7 @@ class Ruleset:
         out: dict[tuple[Family, str, str], list[Rule]] = {
             (f, c.table, c.suffix): [] for f in self.families for c in LAYOUT}
         for r in self.rules:
-            out[r.key].append(r)
+            out.setdefault(r.key, []).append(r)     # feature chains: only when used
         return out
 
     def networks(self) -> list[str]:

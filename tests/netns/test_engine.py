@@ -549,7 +549,7 @@ def test_adding_a_network_reads_nothing_and_plans_only_it(make_netns, flavour, t
     eng.apply(first)
     backend_cls = type(eng.backend_for(eng.store.load()))
     reads, planned = [], []
-    real_read, real_plan = backend_cls.read, engine_mod.plan
+    real_read, real_plan, real_some = backend_cls.read, engine_mod.plan, engine_mod.plan_some
     monkeypatch.setattr(backend_cls, "read", lambda self: (self.runner.netns == ns
                                                            and reads.append(1)) or real_read(self))
 
@@ -558,13 +558,20 @@ def test_adding_a_network_reads_nothing_and_plans_only_it(make_netns, flavour, t
         planned.append(sorted(n.name for n in nets))
         return real_plan(nets, prof)
 
+    def spy_some(names, nets, prof):
+        names = list(names)
+        planned.append(sorted(n for n in names if n in nets))
+        return real_some(names, nets, prof)
+
     monkeypatch.setattr(engine_mod, "plan", spy_plan)
+    monkeypatch.setattr(engine_mod, "plan_some", spy_some)
     rep = eng.apply(last)
     assert rep.changed and reads == [], "read the firewall although nothing had changed"
     assert planned and all(p in ([], ["nat1"]) for p in planned), planned
     assert all(c.network in (None, "nat1") for c in rep.changes)
     assert eng.store.load().generation is not None, "the commit was not verified"
     monkeypatch.setattr(engine_mod, "plan", real_plan)
+    monkeypatch.setattr(engine_mod, "plan_some", real_some)
     engine(ref, flavour, tmp_path / "b").apply(NETS)
     if flavour == "nftables":
         assert sorted(snapshot(ns, flavour).splitlines()) == sorted(snapshot(ref, flavour).splitlines())

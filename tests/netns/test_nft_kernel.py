@@ -353,8 +353,9 @@ def test_setup_creates_and_repairs_the_layout(netns, b):
     assert not cs.empty
     text = ruleset(netns)
     assert set(re.findall(r"^\tchain (\S+)", text, re.M)) == {
-        "input", "output", "forward", "postrouting",
-        "admin_input", "admin_output", "admin_forward", "admin_postrouting"}
+        "input", "output", "forward", "postrouting", "prerouting", "natoutput",
+        "admin_input", "admin_output", "admin_forward", "admin_postrouting",
+        "admin_prerouting", "admin_natoutput"}
     assert sync(b, Ruleset("VNETFW"), "setup").empty
     rs = plan(MIXED, PROFILES["default"])
     sync(b, rs)

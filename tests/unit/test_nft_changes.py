@@ -73,17 +73,19 @@ def test_remove_one_network_touches_only_its_chains_and_elements():
     text = lines(cs.payload)
     route_chains = {n for n in (o["chain"]["name"] for o in RAW["default"] if "chain" in o)
                     if n.endswith("-route-a")}
-    assert len(route_chains) == 10
+    # inp, out, fwx, fwi, fwo per family, and nat4 for its forward's hairpin masquerade
+    assert len(route_chains) == 11
     assert {l.split()[-1] for l in text if l.startswith("delete chain")} == route_chains
     assert {l.split()[-1] for l in text if l.startswith("flush chain")} == route_chains
     assert not any(l.startswith("add ") for l in text)
-    for l in text:
-        if l.startswith(("delete element", "}")):
-            continue
-        assert "route-a" in l or "vb-route" in l, l
-    assert all(c.network == "route-a" for c in cs.items)
-    # inp, out, fwx, fwi, fwo: ipv4 and ipv6 keys of its bridge; no nat: it is routed
-    assert sum(1 for c in cs.items if "map" in c.where) == 10
+    assert all(c.what == "delete" for c in cs.items)
+    # Its own chains, map elements and forward/allow elements; and the elements of iso's
+    # allow into route-a, which waits for route-a again.
+    assert {c.network for c in cs.items} == {"route-a", "iso"}
+    assert all(c.rule is not None and c.rule.chain == "ALW" and c.rule.iif in ("vb.iso", "vb-route")
+               for c in cs.items if c.network == "iso")
+    # inp, out, fwx, fwi, fwo: ipv4 and ipv6 keys of its bridge; nat4: its subnet
+    assert sum(1 for c in cs.items if " map " in c.where + " " and c.rule is None) == 11
 
 
 def test_add_one_network_touches_only_its_chains_and_elements():
@@ -191,7 +193,19 @@ def test_admin_rule_in_a_base_chain_is_replaced():
     assert lines(cs.payload) == [
         "flush chain inet vnetfw forward",
         "add rule inet vnetfw forward jump admin_forward",
+        "add rule inet vnetfw forward iifname . ip saddr . ip daddr . meta l4proto . th dport "
+        "@alw4 accept",
+        "add rule inet vnetfw forward iifname . ip6 saddr . ip6 daddr . meta l4proto . th dport "
+        "@alw6 accept",
+        "add rule inet vnetfw forward ct direction reply ct state established,related "
+        "iifname . ip saddr . ip daddr @alwr4 accept",
+        "add rule inet vnetfw forward ct direction reply ct state established,related "
+        "iifname . ip6 saddr . ip6 daddr @alwr6 accept",
         "add rule inet vnetfw forward meta nfproto . iifname vmap @fwx",
+        "add rule inet vnetfw forward ct status dnat oifname . ip daddr . meta l4proto . "
+        "th dport @fwd4 accept",
+        "add rule inet vnetfw forward ct status dnat oifname . ip6 daddr . meta l4proto . "
+        "th dport @fwd6 accept",
         "add rule inet vnetfw forward meta nfproto . oifname vmap @fwi",
         "add rule inet vnetfw forward meta nfproto . iifname vmap @fwo"]
     assert str(cs.items[0]) == "inet vnetfw forward: delete rule 'drop'"
@@ -204,7 +218,7 @@ def test_wrong_base_chain_policy_recreates_the_chain():
     assert text[:3] == ["flush chain inet vnetfw forward", "delete chain inet vnetfw forward",
                         "add chain inet vnetfw forward { type filter hook forward priority "
                         "filter; policy accept; }"]
-    assert len(text) == 7       # + jump admin_forward and the three vmap rules
+    assert len(text) == 13      # + jump admin_forward, the three vmaps and six set lookups
 
 
 def test_map_of_wrong_type_is_recreated_with_all_its_elements():
@@ -226,8 +240,11 @@ def test_setup_scope_creates_only_the_layout():
     text = cs.payload
     assert re.findall(r"^\tchain (\S+) \{", text, re.M) == [
         "admin_input", "admin_output", "admin_forward", "admin_postrouting",
-        "input", "output", "forward", "postrouting"]
-    assert len(re.findall(r"^\tmap ", text, re.M)) == 7
+        "admin_prerouting", "admin_natoutput",
+        "input", "output", "forward", "postrouting", "prerouting", "natoutput"]
+    # 7 dispatch maps, 6 forward maps; 6 sets (forwarded, allows, allows' replies)
+    assert len(re.findall(r"^\tmap ", text, re.M)) == 13
+    assert len(re.findall(r"^\tset ", text, re.M)) == 6
     assert "element" not in text and not re.search(r"\b(inp|out|fwx|fwi|fwo|nat)[46]-", text)
     assert b.changes(NftLive.empty(), None, "setup", prefix="VNETFW").payload == text
 
@@ -331,5 +348,8 @@ def test_fresh_refuses_two_networks_dispatched_by_one_key():
     (n1, r1), (n2, r2) = rs.by_network()[:2]
     clash = [r._replace(network=n2) for r in r1]     # n1's bridge under n2's name
     from vnetfw.errors import BackendError
-    with pytest.raises(BackendError, match="would dispatch to both"):
+    with pytest.raises(BackendError, match="would dispatch to both|is claimed by networks"):
         list(b.fresh(rs.prefix, [(n1, r1), (n2, clash)]))
+    plain = [r for r in clash if not r.feature]
+    with pytest.raises(BackendError, match="would dispatch to both"):
+        list(b.fresh(rs.prefix, [(n1, r1), (n2, plain)]))

@@ -756,6 +756,8 @@ class IptablesBackend(Backend):
         """What to run to get from ``live`` to ``desired`` (``scope``: setup/full/teardown)."""
         prefix = desired.prefix if desired is not None else prefix
         assert prefix is not None
+        if desired is not None:
+            _refuse_features(desired.rules)
         items: list[Change] = []
         edits: dict[Family, dict[str, TableEdit]] = {}
         want = desired.by_chain() if desired is not None else {}
@@ -886,6 +888,7 @@ class IptablesBackend(Backend):
         written kills every restore: nothing is committed. Any failure after it, an
         interrupt included, is undone in every family whose restores started by taking out
         vnetfw's chains and jumps again (``_undo_fresh``). Errors name the restore."""
+        networks = ((net, _refuse_features(rules)) for net, rules in networks)
         fresh = _Fresh(live, prefix)
         # All started now, so that one that cannot start (FeedUnavailable) stops the load
         # before anything is written; IPv6's waits for its input (iptables-nft takes no
@@ -1059,3 +1062,16 @@ class IptablesBackend(Backend):
             except BackendError as e:
                 problems.append(f"ipv{fam}: {e}")
         return problems
+
+
+def _refuse_features(rules: Sequence[Rule]) -> Sequence[Rule]:
+    """Port forwards and allows are implemented by the nftables backend only (so far):
+    refuse them here, before anything is written, rather than load half of them (a
+    hairpin masquerade without its ``ct status`` match would masquerade every connection
+    inside a subnet)."""
+    for r in rules:
+        if r.feature or r.ctstatus is not None:
+            raise BackendError(f"iptables: network {r.network!r} has port forwards or allows, "
+                               "which vnetfw implements with the nftables backend only (so "
+                               "far): use --backend nftables")
+    return rules

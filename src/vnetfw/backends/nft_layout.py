@@ -238,18 +238,175 @@ def _admin_jump(base: str) -> tuple[str, Any]:
     return (f"jump {admin_chain(base)}", [{"jump": {"target": admin_chain(base)}}])
 
 
+# ---------------------------------------------------------------------------------------
+# Port forwards and allows: elements of shared sets and maps (docs/port-forwards.md)
+#
+# A forward or allow is a handful of elements, never a rule: a packet costs one hash (or
+# pipapo interval) lookup per set whatever their number, and adding or removing one is
+# adding or deleting its elements. Each element carries its network's name as comment, so
+# readback knows whose it is. Facts of nftables 1.0.6 / Linux 6.x these rely on:
+# - A concatenated type is at most 5 fields when declared with ``type`` (each field takes
+#   6 bits of a 32-bit key type; 6 fields list back as garbage). That is why allows key on
+#   the input interface and the addresses, not the output interface too: the destination
+#   address decides the output interface anyway.
+# - Interval sets of concatenations (pipapo) refuse overlapping elements ("File exists"):
+#   the planner splits allows' sources into disjoint blocks and merges their port ranges.
+# - ``dnat ip to <concat> map @m`` with an ``addr . port`` value needs a transport protocol
+#   match before it (``meta l4proto { tcp, udp }``), or nft refuses the rule.
+# - ``fib daddr type local``: only connections to the host's own addresses are forwarded,
+#   never traffic the host routes through to the same port elsewhere.
+# - A set declared with ``counter`` gives every element its own counter: per forward, the
+#   connections it translated (NAT hooks see a connection's first packet only).
+
+
+@dataclass(frozen=True, slots=True)
+class ElementSet:
+    """A set or map of forward/allow elements: ``kind`` says which rules it holds."""
+
+    name: str
+    kind: str            # "dnat", "dnath", "dnats", "fwd", "alw", "alwr"
+    family: Family
+    decl: str
+    spec: dict[str, Any]
+    is_map: bool
+
+
+def _addr_type(family: Family) -> str:
+    return "ipv4_addr" if family == 4 else "ipv6_addr"
+
+
+def _element_sets() -> tuple[ElementSet, ...]:
+    out = []
+    for f in (4, 6):
+        a = _addr_type(f)
+        counter = {"stmt": [{"counter": None}]}
+        for kind, key, interval in (("dnat", ["inet_proto", "inet_service"], False),
+                                    ("dnath", [a, "inet_proto", "inet_service"], False),
+                                    ("dnats", [a, a, "inet_proto", "inet_service"], True)):
+            flags = " flags interval;" if interval else ""
+            spec: dict[str, Any] = {"type": key, "map": f"{a} . inet_service"}
+            if interval:
+                spec["flags"] = ["interval"]
+            out.append(ElementSet(f"{kind}{f}", kind, f,
+                                  f"type {' . '.join(key)} : {a} . inet_service;{flags} counter;",
+                                  {**spec, **counter}, True))
+        out.append(ElementSet(f"fwd{f}", "fwd", f,
+                              f"type ifname . {a} . inet_proto . inet_service; counter;",
+                              {"type": ["ifname", a, "inet_proto", "inet_service"], **counter},
+                              False))
+        out.append(ElementSet(f"alw{f}", "alw", f,
+                              f"type ifname . {a} . {a} . inet_proto . inet_service; "
+                              "flags interval;",
+                              {"type": ["ifname", a, a, "inet_proto", "inet_service"],
+                               "flags": ["interval"]}, False))
+        out.append(ElementSet(f"alwr{f}", "alwr", f,
+                              f"type ifname . {a} . {a}; flags interval;",
+                              {"type": ["ifname", a, a], "flags": ["interval"]}, False))
+    return tuple(out)
+
+
+ELEMENT_SETS: tuple[ElementSet, ...] = _element_sets()
+ELEMENT_SET_BY_NAME = {e.name: e for e in ELEMENT_SETS}
+
+
+def _pl(proto: str, field: str) -> dict:
+    return {"payload": {"protocol": proto, "field": field}}
+
+
+_L4 = {"match": {"op": "==", "left": _meta("l4proto"), "right": {"set": ["tcp", "udp"]}}}
+_LOCAL = {"match": {"op": "==", "left": {"fib": {"result": "type", "flags": ["daddr"]}},
+                    "right": "local"}}
+_NOT_LOOPBACK = {4: ("ip daddr != 127.0.0.0/8",
+                     {"match": {"op": "!=", "left": _pl("ip", "daddr"),
+                                "right": {"prefix": {"addr": "127.0.0.0", "len": 8}}}}),
+                 6: ("ip6 daddr != ::1",
+                     {"match": {"op": "!=", "left": _pl("ip6", "daddr"), "right": "::1"}})}
+
+
+def _dnat_rules(output: bool) -> tuple[tuple[str, Any], ...]:
+    """The lookups of the forwards' maps: every host address, one host address, with
+    sources. At nat output (the host's own connections) loopback destinations are left
+    alone: a forward must not capture a service the host offers on 127.0.0.1."""
+    out = []
+    for f in (4, 6):
+        ip = "ip" if f == 4 else "ip6"
+        keys = {"dnat": ("meta l4proto . th dport", [_meta("l4proto"), _pl("th", "dport")]),
+                "dnath": (f"{ip} daddr . meta l4proto . th dport",
+                          [_pl(ip, "daddr"), _meta("l4proto"), _pl("th", "dport")]),
+                "dnats": (f"{ip} saddr . {ip} daddr . meta l4proto . th dport",
+                          [_pl(ip, "saddr"), _pl(ip, "daddr"), _meta("l4proto"),
+                           _pl("th", "dport")])}
+        for kind, (text, key) in keys.items():
+            pre_t, pre_j = ("", [])
+            if output:
+                pre_t, pre_j = _NOT_LOOPBACK[f][0] + " ", [_NOT_LOOPBACK[f][1]]
+            out.append((f"meta l4proto {{ tcp, udp }} {pre_t}fib daddr type local "
+                        f"dnat {ip} to {text} map @{kind}{f}",
+                        [_L4] + pre_j + [_LOCAL, {"dnat": {"family": ip, "addr": {"map": {
+                            "key": {"concat": key}, "data": f"@{kind}{f}"}}}}]))
+    return tuple(out)
+
+
+def _allow_rules() -> tuple[tuple[str, Any], ...]:
+    out = []
+    for f in (4, 6):
+        ip = "ip" if f == 4 else "ip6"
+        out.append((f"iifname . {ip} saddr . {ip} daddr . meta l4proto . th dport @alw{f} accept",
+                    [{"match": {"op": "==", "left": {"concat": [
+                        _meta("iifname"), _pl(ip, "saddr"), _pl(ip, "daddr"), _meta("l4proto"),
+                        _pl("th", "dport")]}, "right": f"@alw{f}"}}, {"accept": None}]))
+    for f in (4, 6):
+        ip = "ip" if f == 4 else "ip6"
+        out.append((f"ct direction reply ct state established,related "
+                    f"iifname . {ip} saddr . {ip} daddr @alwr{f} accept",
+                    [{"match": {"op": "==", "left": {"ct": {"key": "direction"}},
+                                "right": "reply"}},
+                     {"match": {"op": "in", "left": {"ct": {"key": "state"}},
+                                "right": ["established", "related"]}},
+                     {"match": {"op": "==", "left": {"concat": [
+                         _meta("iifname"), _pl(ip, "saddr"), _pl(ip, "daddr")]},
+                         "right": f"@alwr{f}"}}, {"accept": None}]))
+    return tuple(out)
+
+
+def _forwarded_rules() -> tuple[tuple[str, Any], ...]:
+    out = []
+    for f in (4, 6):
+        ip = "ip" if f == 4 else "ip6"
+        out.append((f"ct status dnat oifname . {ip} daddr . meta l4proto . th dport @fwd{f} accept",
+                    [{"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
+                     {"match": {"op": "==", "left": {"concat": [
+                         _meta("oifname"), _pl(ip, "daddr"), _meta("l4proto"),
+                         _pl("th", "dport")]}, "right": f"@fwd{f}"}}, {"accept": None}]))
+    return tuple(out)
+
+
+def _nat(hook: str, prio: int) -> tuple[str, dict]:
+    return (f"type nat hook {hook} priority {prio}; policy accept;",
+            {"type": "nat", "hook": hook, "prio": prio, "policy": "accept"})
+
+
 BASE_CHAINS: tuple[BaseChain, ...] = (
     BaseChain("input", *_filter("input"),
               (_admin_jump("input"), _iface_vmap(STAGE_BY_NAME["inp"]))),
     BaseChain("output", *_filter("output"),
               (_admin_jump("output"), _iface_vmap(STAGE_BY_NAME["out"]))),
+    # Allows first (an isolated network's allow must pass its own FWX rejects), then the
+    # cross stage, then what a forward translated (after FWX: isolated guests never reach
+    # a forward; before FWI: the target network's rejects), then incoming and outgoing.
     BaseChain("forward", *_filter("forward"),
-              (_admin_jump("forward"),)
-              + tuple(_iface_vmap(STAGE_BY_NAME[n]) for n in ("fwx", "fwi", "fwo"))),
+              (_admin_jump("forward"),) + _allow_rules()
+              + (_iface_vmap(STAGE_BY_NAME["fwx"]),) + _forwarded_rules()
+              + tuple(_iface_vmap(STAGE_BY_NAME[n]) for n in ("fwi", "fwo"))),
     # srcnat = 100. inet nat chains need kernel >= 5.2; available() probes for it.
     BaseChain("postrouting", "type nat hook postrouting priority srcnat; policy accept;",
               {"type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"},
               (_admin_jump("postrouting"), _saddr_vmap(4), _saddr_vmap(6))),
+    # dstnat = -100: port forwards, for connections arriving and the host's own.
+    BaseChain("prerouting", *_nat("prerouting", -100),
+              (_admin_jump("prerouting"),) + _dnat_rules(False)),
+    BaseChain("natoutput", *_nat("output", -100),
+              (_admin_jump("natoutput"),) + _dnat_rules(True)),
 )
 ADMIN_CHAINS = tuple(admin_chain(b.name) for b in BASE_CHAINS)
 BASE_BY_NAME = {b.name: b for b in BASE_CHAINS}
@@ -269,3 +426,8 @@ MAP_BY_NAME = {m.name: m for m in MAPS}
 # Which base chain (and so which maps) each map feeds: recreating a map means re-adding the
 # base-chain rule that looks it up.
 MAP_BASE = {s.map_name(f): s.base for s in STAGES for f in (4, 6)}
+MAP_BASE.update({e.name: ("prerouting" if e.kind.startswith("dnat") else "forward")
+                 for e in ELEMENT_SETS})
+# The dnat maps are looked up from nat output too.
+SET_BASES = {e.name: (("prerouting", "natoutput") if e.kind.startswith("dnat")
+                      else ("forward",)) for e in ELEMENT_SETS}

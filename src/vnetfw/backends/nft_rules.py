@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BackendError
-from ..ruleset import (ACCEPT, CT_REPLY, MASQUERADE, REJECT, RETURN, SNAT, Family, Rule)
+from ..ruleset import (ACCEPT, CT_REPLY, DNAT, MASQUERADE, REJECT, RETURN, SNAT, Family,
+                       Rule)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +95,12 @@ def render_rule(r: Rule) -> str:
         states = sorted((s.lower() for s in r.ctstate),
                         key=lambda s: order.index(s) if s in order else len(order))
         a.append("ct state " + ",".join(states))
+    if r.ctstatus == "DNAT":
+        a.append("ct status dnat")
+    elif r.ctstatus is not None or r.ctdir is not None or r.dport_end is not None \
+            or r.to_addr is not None:
+        raise BackendError(f"nftables: cannot express rule {r.describe()!r} in a chain "
+                           f"(network {r.network})")
     if r.verdict == ACCEPT:
         a.append("accept")
     elif r.verdict == RETURN:
@@ -235,6 +242,10 @@ def _match(m: dict, family: Family, kw: dict) -> None:
             _set_once(kw, "dport", right)
         else:
             raise ValueError(m)
+    elif left == {"ct": {"key": "status"}}:
+        if op not in ("==", "in") or right != "dnat":
+            raise ValueError(m)
+        _set_once(kw, "ctstatus", "DNAT")
     elif left == {"ct": {"key": "state"}}:
         states = [right] if isinstance(right, str) else right
         if op not in ("==", "in") or not isinstance(states, list) \
@@ -296,3 +307,147 @@ def rule_text(rule: dict) -> str:
     if "comment" in rule:
         text += f' comment "{rule["comment"]}"'
     return text
+
+
+# ---------------------------------------------------------------------------------------
+# Forward and allow rules <-> set elements (nft_layout.ELEMENT_SETS)
+
+
+def _bare(cidr: str) -> str:
+    """``10.1.0.10/32`` -> ``10.1.0.10`` (an element key holds the address itself)."""
+    net = ipaddress.ip_network(cidr)
+    return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
+
+
+_ANY = {4: "0.0.0.0/0", 6: "::/0"}
+
+
+def element_of(r: Rule) -> tuple[str, str, str | None]:
+    """A forward's or allow's rule -> (set name, element key text, map value text or None).
+    Raises BackendError for a rule the sets cannot hold (planner invariant broken)."""
+    f = r.family
+    try:
+        if r.chain == "DNAT":
+            value = f"{r.to_addr} . {r.to_port}"
+            if r.src is not None:
+                dst = _bare(r.dst) if r.dst is not None else _ANY[f]
+                return f"dnats{f}", f"{_bare(r.src)} . {dst} . {r.proto} . {r.dport}", value
+            if r.dst is not None:
+                return f"dnath{f}", f"{_bare(r.dst)} . {r.proto} . {r.dport}", value
+            return f"dnat{f}", f"{r.proto} . {r.dport}", value
+        if r.chain == "FWD" and r.oif and r.dst and r.proto and r.dport:
+            return (f"fwd{f}", f"{ifname_text(r.oif)} . {_bare(r.dst)} . {r.proto} . {r.dport}",
+                    None)
+        if r.chain == "ALW" and r.iif and r.src and r.dst:
+            head = f"{ifname_text(r.iif)} . {_bare(r.src)} . {_bare(r.dst)}"
+            if r.ctdir == "REPLY":
+                return f"alwr{f}", head, None
+            if r.proto is None:
+                return f"alw{f}", f"{head} . 0-255 . 0-65535", None
+            ports = f"{r.dport}" if r.dport_end is None else f"{r.dport}-{r.dport_end}"
+            return f"alw{f}", f"{head} . {r.proto} . {ports}", None
+    except (ValueError, TypeError):
+        pass
+    raise BackendError(f"nftables: cannot hold rule {r.describe()!r} of network {r.network!r} "
+                       f"in a set (ipv{f} {r.table} {r.chain})")
+
+
+def _elem_addr(v: Any, family: Family, *, single: bool = False) -> str:
+    """An address field of an element -> CIDR text (``/32`` for a plain address)."""
+    if isinstance(v, dict) and set(v) == {"prefix"} and not single:
+        p = v["prefix"]
+        net = ipaddress.ip_network(f"{p['addr']}/{p['len']}", strict=True)
+    elif isinstance(v, str):
+        net = ipaddress.ip_network(v)
+    else:
+        raise ValueError(v)
+    if net.version != family:
+        raise ValueError(v)
+    return str(net)
+
+
+def parse_element(set_name: str, kind: str, family: Family, raw: Any) -> Rule | None:
+    """One live element of an ELEMENT_SETS set -> the Rule it holds; None when it is
+    nothing vnetfw writes (no network comment, a value or key of another shape, a counter
+    on it is fine). ``raw`` may be a Rule (``assumed_live``)."""
+    if isinstance(raw, Rule):
+        return raw
+    try:
+        if kind in ("dnat", "dnath", "dnats"):
+            k, v = raw
+        else:
+            k, v = raw, None
+        if not (isinstance(k, dict) and isinstance(k.get("elem"), dict)):
+            return None
+        e = k["elem"]
+        if set(e) - {"val", "comment", "counter"} or not isinstance(e.get("comment"), str):
+            return None
+        net = e["comment"]
+        val = e["val"]
+        fields = val["concat"] if isinstance(val, dict) and "concat" in val else None
+        if not isinstance(fields, list):
+            return None
+        base = dict(family=family, network=net, verdict=ACCEPT)
+        if kind.startswith("dnat"):
+            if not (isinstance(v, dict) and isinstance(v.get("concat"), list)
+                    and len(v["concat"]) == 2):
+                return None
+            to_addr, to_port = v["concat"]
+            to_addr = str(ipaddress.ip_address(to_addr))
+            if ipaddress.ip_address(to_addr).version != family or not isinstance(to_port, int):
+                return None
+            *addrs, proto, port = fields
+            if proto not in ("tcp", "udp") or not isinstance(port, int):
+                return None
+            kw: dict[str, Any] = {}
+            if kind == "dnath" and len(addrs) == 1:
+                kw["dst"] = _elem_addr(addrs[0], family, single=True)
+            elif kind == "dnats" and len(addrs) == 2:
+                kw["src"] = _elem_addr(addrs[0], family)
+                dst = _elem_addr(addrs[1], family)
+                if dst != _ANY[family]:
+                    if not dst.endswith(("/32", "/128")):
+                        return None
+                    kw["dst"] = dst
+            elif not (kind == "dnat" and not addrs):
+                return None
+            return Rule(**{**base, "verdict": DNAT}, table="nat", chain="DNAT", proto=proto,
+                        dport=port, to_addr=to_addr, to_port=to_port, **kw)
+        if kind == "fwd":
+            iface, addr, proto, port = fields
+            if not isinstance(iface, str) or proto not in ("tcp", "udp") \
+                    or not isinstance(port, int):
+                return None
+            return Rule(**base, table="filter", chain="FWD", oif=_ifname_from_json(iface),
+                        dst=_elem_addr(addr, family, single=True), proto=proto, dport=port,
+                        ctstatus="DNAT")
+        if kind == "alwr":
+            iface, src, dst = fields
+            return Rule(**base, table="filter", chain="ALW", iif=_ifname_from_json(iface),
+                        src=_elem_addr(src, family), dst=_elem_addr(dst, family),
+                        ctstate=CT_REPLY, ctdir="REPLY")
+        if kind == "alw":
+            iface, src, dst, proto, port = fields
+            kw = {}
+            if proto == {"range": [0, 255]} and port == {"range": [0, 65535]}:
+                pass
+            elif proto in ("tcp", "udp"):
+                lo, hi = _port_range(port)
+                kw = {"proto": proto, "dport": lo, "dport_end": hi if hi != lo else None}
+            else:
+                return None
+            return Rule(**base, table="filter", chain="ALW", iif=_ifname_from_json(iface),
+                        src=_elem_addr(src, family), dst=_elem_addr(dst, family), **kw)
+    except (ValueError, KeyError, TypeError):
+        return None
+    return None
+
+
+def element_counter(raw: Any) -> tuple[int, int] | None:
+    """(packets, bytes) of a live element with a counter, else None."""
+    try:
+        k = raw[0] if isinstance(raw, list) else raw
+        c = k["elem"]["counter"]
+        return int(c["packets"]), int(c["bytes"])
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None

@@ -48,10 +48,12 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 from ..errors import BackendError
 from ..ruleset import CHECKSUM, Family, Rule, Ruleset
 from . import Backend, Change, ChangeSet, Scope
-from .nft_layout import (ADMIN_CHAINS, BASE_BY_NAME, BASE_CHAINS, admin_chain, MAP_BASE, MAP_BY_NAME, MAPS, NFT_FAMILY,
-                         STAGE_BY_SUFFIX, STAGES, Stage, is_vnetfw_table, parse_chain_name,
-                         table_name)
-from .nft_rules import Foreign, ifname_text, parse_rule, render_rule, rule_text
+from .nft_layout import (ADMIN_CHAINS, BASE_BY_NAME, BASE_CHAINS, ELEMENT_SET_BY_NAME,
+                         ELEMENT_SETS, MAP_BASE, MAP_BY_NAME, MAPS, NFT_FAMILY, SET_BASES,
+                         STAGE_BY_SUFFIX, STAGES, ElementSet, Stage, admin_chain,
+                         is_vnetfw_table, parse_chain_name, table_name)
+from .nft_rules import (Foreign, element_counter, element_of, ifname_text, parse_element,
+                        parse_rule, render_rule, rule_text)
 from .runner import FEED_PATH, CommandFailed, Runner, complaint
 
 __all__ = ["NftablesBackend", "NftLive", "LiveTable", "parse_listing", "table_name"]
@@ -275,6 +277,7 @@ class _Script:
     del_chains: list[str] = field(default_factory=list)
     add_chains: list[str] = field(default_factory=list)
     add_maps: list[str] = field(default_factory=list)
+    add_sets: list[str] = field(default_factory=list)
     net_rules: list[str] = field(default_factory=list)
     base_rules: list[str] = field(default_factory=list)
     add_elems: dict[str, list[str]] = field(default_factory=dict)
@@ -287,6 +290,7 @@ class _Script:
         lines = list(self.head) + self.flush
         lines += [_elements("delete", self.t, m, e) for m, e in self.del_elems.items() if e]
         lines += self.del_maps + self.del_chains + self.add_chains + self.add_maps
+        lines += self.add_sets
         lines += self.net_rules + self.base_rules
         lines += [_elements("add", self.t, m, e) for m, e in self.add_elems.items() if e]
         return "".join(line + "\n" for line in lines)
@@ -392,8 +396,13 @@ class NftablesBackend(Backend):
             t.chains[b.name] = LiveChain(b.name, 0, dict(b.spec), [{"expr": e} for _, e in b.rules])
         for m in MAPS:
             t.sets[m.name] = LiveSet(m.name, 0, "map", dict(m.spec))
+        for es in ELEMENT_SETS:
+            t.sets[es.name] = LiveSet(es.name, 0, "map" if es.is_map else "set", dict(es.spec))
         seen: set[tuple[str, Key]] = set()
         for r in want.rules:
+            if r.feature:
+                t.sets[element_of(r)[0]].elems.append(r)
+                continue
             stage = STAGE_BY_SUFFIX[(r.table, r.chain)]
             cname = stage.chain_name(r.family, r.network)
             t.chains.setdefault(cname, LiveChain(cname, 0, {})).rules.append(r)  # type: ignore[arg-type]
@@ -438,7 +447,8 @@ class NftablesBackend(Backend):
                     found.append((net, pos, r))
         # The planner lays networks out sorted by name, each network's rules contiguous.
         found.sort(key=lambda e: (e[0], e[1]))
-        return Ruleset.canonical(prefix, [r for _, _, r in found])
+        return Ruleset.canonical(prefix, [r for _, _, r in found]
+                                 + [r for r, _ in _live_elements(t)])
 
     # -- diffing (pure) -----------------------------------------------------------------
     def changes(self, live: NftLive, desired: Ruleset | None, scope: Scope,
@@ -511,9 +521,22 @@ class NftablesBackend(Backend):
                 items.add(Change(None, "create", where, f"map {m.name}"))
             s.add_maps.append(f"add map {where} {m.name} {{ {m.decl} }}")
             fresh_maps.add(m.name)
+        for es in ELEMENT_SETS:
+            kind = "map" if es.is_map else "set"
+            live_set = t.sets.get(es.name)
+            if live_set is not None and live_set.kind == kind and live_set.spec == es.spec:
+                continue
+            if live_set is not None:
+                s.del_maps.append(f"delete {live_set.kind} {where} {es.name}")
+                items.add(Change(None, "replace", where, f"{live_set.kind} {es.name} "
+                                 f"({_spec_text(live_set.spec)}, expected {_spec_text(es.spec)})"))
+            else:
+                items.add(Change(None, "create", where, f"{kind} {es.name}"))
+            s.add_sets.append(f"add {kind} {where} {es.name} {{ {es.decl} }}")
+            fresh_maps.add(es.name)
         for b in BASE_CHAINS:
             c = t.chains.get(b.name)
-            refill = any(MAP_BASE[m] == b.name for m in fresh_maps) \
+            refill = any(b.name in SET_BASES.get(m, (MAP_BASE.get(m),)) for m in fresh_maps) \
                 or admin_chain(b.name) not in t.chains
             if c is None:
                 s.add_chains.append(f"add chain {where} {b.name} {{ {b.decl} }}")
@@ -549,6 +572,8 @@ class NftablesBackend(Backend):
         chains: dict[str, tuple[Stage, Family, str, list[Rule]]] = {}
         want_elems: dict[str, dict[Key, str]] = {m.name: {} for m in MAPS}
         for r in want.rules:
+            if r.feature:
+                continue
             stage = STAGE_BY_SUFFIX.get((r.table, r.chain))
             if stage is None:
                 raise BackendError(f"nftables: no {r.table} {r.chain} stage for rule "
@@ -625,6 +650,42 @@ class NftablesBackend(Backend):
                 s.add_elems.setdefault(m.name, []).append(text)
                 items.add(Change(_fam_of(m.name, key), "add", mwhere, f"element {text}",
                                  chains[cname][2]))
+        self._sync_elements(t, [r for r in want.rules if r.feature], s, items, fresh_maps)
+
+    def _sync_elements(self, t: LiveTable, want: list[Rule], s: _Script, items: _Items,
+                       fresh_sets: set[str]) -> None:
+        """Forward and allow elements: delete the live ones not wanted (or wanted with
+        another value), add the wanted ones missing. One element per change, whatever the
+        number of others."""
+        where = f"{NFT_FAMILY} {t.name}"
+        have: dict[str, dict[str, Rule]] = {es.name: {} for es in ELEMENT_SETS}
+        for es in ELEMENT_SETS:
+            st = t.sets.get(es.name)
+            if st is None or es.name in fresh_sets:
+                continue
+            for raw in st.elems:
+                r = parse_element(es.name, es.kind, es.family, raw)
+                if r is not None:       # unreadable: counted as foreign, table rebuilt
+                    have[es.name][element_of(r)[1]] = r
+        wanted: dict[str, dict[str, Rule]] = {es.name: {} for es in ELEMENT_SETS}
+        for r in want:
+            name, key, _ = element_of(r)
+            if (other := wanted[name].setdefault(key, r)) != r:
+                raise BackendError(f"nftables: {name} element {key} is claimed by two rules: "
+                                   f"{other.describe()!r} ({other.network}) and "
+                                   f"{r.describe()!r} ({r.network})")
+        for es in ELEMENT_SETS:
+            mwhere = f"{where} {'map' if es.is_map else 'set'} {es.name}"
+            for key, r in have[es.name].items():
+                if wanted[es.name].get(key) == r:
+                    continue
+                s.del_elems.setdefault(es.name, []).append(key)
+                items.add(Change(r.family, "delete", mwhere, "", r.network, r))
+            for key, r in wanted[es.name].items():
+                if have[es.name].get(key) == r:
+                    continue
+                s.add_elems.setdefault(es.name, []).append(_element_text(r)[1])
+                items.add(Change(r.family, "add", mwhere, "", r.network, r))
 
     def fresh(self, prefix: str, networks: Iterable[tuple[str, Sequence[Rule]]]
               ) -> Iterator[tuple[str, Callable[[], list[Change]]]]:
@@ -650,6 +711,7 @@ class NftablesBackend(Backend):
                + "".join(f"\tchain {name} {{\n\t}}\n" for name in ADMIN_CHAINS)), lambda: layout
         where = f"{NFT_FAMILY} {tname}"
         elems: dict[str, dict[Key, str]] = {m.name: {} for m in MAPS}
+        set_elems: dict[str, dict[str, tuple[Rule, str]]] = {es.name: {} for es in ELEMENT_SETS}
         for net, rules in networks:
             # One pass to group the network's rules by chain (~25 per network), then the
             # chains in family and stage order; this loop runs while nft waits for input.
@@ -661,7 +723,17 @@ class NftablesBackend(Backend):
             out = [f"\t# network {net}\n"]
             built: list[tuple[Family, str, list[Rule]]] = []
             mine: dict[str, list[tuple[Key, str]]] = {}
+            feats: list[Rule] = []
             for k in [k for k in groups if k not in _FRESH_ORDER]:
+                if groups[k][0].feature:
+                    for r in groups[k]:
+                        name, text = _element_text(r)
+                        key = element_of(r)[1]
+                        if (had := set_elems[name].setdefault(key, (r, text))[0]) != r:
+                            raise BackendError(f"nftables: {name} element {key} is claimed by "
+                                               f"networks {had.network!r} and {net!r}")
+                        feats.append(r)
+                    continue
                 if any(not (r.verdict == CHECKSUM and r.optional) for r in groups[k]):
                     raise BackendError(f"nftables: no {k[1]} {k[2]} stage for rule "
                                        f"{groups[k][0].describe()!r} of network {net!r}")
@@ -682,9 +754,16 @@ class NftablesBackend(Backend):
                                            f"dispatch to both {had} and {cname}")
                     if not keys or keys[-1][0] != key and (key, cname) not in keys:
                         keys.append((key, cname))
-            if built:
-                yield "".join(out), functools.partial(_fresh_items, where, net, built, mine)
+            if built or feats:
+                yield "".join(out), functools.partial(_fresh_items, where, net, built, mine,
+                                                      feats)
         out = []
+        for es in ELEMENT_SETS:
+            out.append(f"\t{'map' if es.is_map else 'set'} {es.name} {{\n\t\t{es.decl}\n")
+            if e := set_elems[es.name]:
+                out.append("\t\telements = { " + ",\n\t\t\t     ".join(
+                    text for _, text in e.values()) + " }\n")
+            out.append("\t}\n")
         for m in MAPS:
             out.append(f"\tmap {m.name} {{\n\t\t{m.decl}\n")
             if e := elems[m.name]:
@@ -756,7 +835,8 @@ class NftablesBackend(Backend):
 
 
 def _fresh_items(where: str, net: str, built: list[tuple[Family, str, list[Rule]]],
-                 keys: dict[str, list[tuple[Key, str]]]) -> list[Change]:
+                 keys: dict[str, list[tuple[Key, str]]], feats: list[Rule] = ()
+                 ) -> list[Change]:
     """The report of one network's piece of a fresh table: its chains and rules, then its
     map elements, map by map (what ``_sync_networks`` reports against an empty table)."""
     out: list[Change] = []
@@ -768,6 +848,11 @@ def _fresh_items(where: str, net: str, built: list[tuple[Family, str, list[Rule]
         for key, cname in keys.get(m.name, ()):
             out.append(Change(_fam_of(m.name, key), "add", f"{where} map {m.name}",
                               f"element {_key_text(m.name, key)} : jump {cname}", net))
+    order = {es.name: i for i, es in enumerate(ELEMENT_SETS)}
+    for r in sorted(feats, key=lambda r: (order[element_of(r)[0]], repr(r))):
+        es = ELEMENT_SET_BY_NAME[element_of(r)[0]]
+        out.append(Change(r.family, "add", f"{where} {'map' if es.is_map else 'set'} {es.name}",
+                          "", net, r))
     return out
 
 
@@ -806,6 +891,13 @@ def _foreign_objects(t: LiveTable) -> list[str]:
         if parse_chain_name(name) is None or c.spec:
             out.append(f"foreign chain {name} ({len(c.rules)} rules)")
     for name, st in t.sets.items():
+        if (es := ELEMENT_SET_BY_NAME.get(name)) is not None:
+            if st.spec == es.spec:
+                bad = sum(1 for raw in st.elems
+                          if parse_element(name, es.kind, es.family, raw) is None)
+                if bad:
+                    out.append(f"{bad} element(s) in {st.kind} {name} not written by vnetfw")
+            continue
         if name not in MAP_BY_NAME:
             out.append(f"foreign {st.kind} {name}")
         elif st.kind == "map" and st.spec == MAP_BY_NAME[name].spec:
@@ -847,3 +939,36 @@ def _fam_of(map_name: str, key: Key) -> Family | None:
 
 def _spec_text(spec: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(spec.items())) or "no hook"
+
+
+def _live_elements(t: LiveTable) -> list[tuple[Rule, Any]]:
+    """The forward and allow rules held by the element sets that are exactly ours and
+    looked up by base chains that are exactly ours, with each element's raw form."""
+    out = []
+    for es in ELEMENT_SETS:
+        st = t.sets.get(es.name)
+        if st is None or st.spec != es.spec or st.kind != ("map" if es.is_map else "set") \
+                or not all(_base_ok(t, b) for b in SET_BASES[es.name]):
+            continue
+        for raw in st.elems:
+            r = parse_element(es.name, es.kind, es.family, raw)
+            if r is not None:
+                out.append((r, raw))
+    return out
+
+
+def _element_text(r: Rule) -> tuple[str, str]:
+    """(set name, the element as ``add element`` takes it, network comment included)."""
+    name, key, value = element_of(r)
+    text = f'{key} comment "{r.network}"'
+    return name, text if value is None else f"{text} : {value}"
+
+
+def forward_counters(live: NftLive, prefix: str) -> dict[Rule, tuple[int, int]]:
+    """Each live DNAT rule (a forward's port) -> (packets, bytes) its map element counted:
+    the connections it translated."""
+    t = live.tables.get(table_name(prefix))
+    if t is None:
+        return {}
+    return {r: c for r, raw in _live_elements(t)
+            if r.chain == "DNAT" and (c := element_counter(raw)) is not None}
