@@ -52,7 +52,7 @@ from .errors import BackendError, RollbackIncomplete, UsageError
 from . import hooks, interrupts
 from .model import Mode, Network, validate_together
 from .plan import (PROFILES, Profile, allowing, network_rules, peers_of, plan, plan_networks,
-                   plan_some)
+                   plan_some, waiting_allows)
 from .ruleset import Rule, Ruleset
 from .state import State, StateStore, default_state_dir
 
@@ -65,6 +65,28 @@ def _some(names: list[str], shown: int = 8) -> str:
         return "none"
     more = f", ... {len(names) - shown} more ('vnetfw list')" if len(names) > shown else ""
     return ", ".join(names[:shown]) + more
+
+
+def _features(net: Network, active: dict[str, Network], desired: Ruleset,
+              counters: dict[Rule, tuple[int, int]]) -> dict[str, Any]:
+    """A network's forwards (with what their DNAT elements counted: connections, as the
+    nat hooks see a connection's first packet only) and allows (``waiting``: the network
+    they name is not active, or not firewalled, so they have no rules yet)."""
+    if not net.port_forwards and not net.allows:
+        return {}
+    waiting = set(waiting_allows(net, active))
+    mine = [r for r in desired.rules if r.network == net.name and r.chain == "DNAT"]
+    forwards = []
+    for fw in net.port_forwards:
+        addr = str(net.forward_address(fw))
+        hits = [counters.get(r, (0, 0)) for r in mine if r.to_addr == addr
+                and r.proto == fw.proto and fw.port[0] <= (r.dport or 0) <= fw.port[1]
+                and r.dst == (None if fw.host_address is None
+                              else f"{fw.host_address}/{fw.host_address.max_prefixlen}")]
+        forwards.append({**fw.to_dict(), "address": addr, "text": fw.describe(),
+                         "packets": sum(h[0] for h in hits), "bytes": sum(h[1] for h in hits)})
+    return {"port_forwards": forwards,
+            "allows": [{**a.to_dict(), "waiting": a.to in waiting} for a in net.allows]}
 
 
 def drift_text(c: Change) -> str:
@@ -637,11 +659,17 @@ class Engine:
         b = self.backend_for(state)
         prof = self.profile_for(state)
         desired = plan(state.networks.values(), prof)
-        drift = [] if not state.networks or self._untouched(state, b, prof, state.networks) \
-            else b.changes(b.read(), desired, "full").items     # none: clean (``check``)
+        live = None
+        if state.networks and not self._untouched(state, b, prof, state.networks):
+            live = b.read()
+        drift = [] if live is None else b.changes(live, desired, "full").items
         per_net: dict[str, int] = {}
         for r in desired.rules:
             per_net[r.network] = per_net.get(r.network, 0) + 1
+        counters: dict[Rule, tuple[int, int]] = {}
+        if any(n.port_forwards for n in state.networks.values()) \
+                and hasattr(b, "forward_counters"):
+            counters = b.forward_counters(live if live is not None else b.read(), prof.prefix)
         return {
             "backend": b.name, "profile": prof.name, "prefix": prof.prefix,
             "state_dir": str(self.store.dir), "desired": bool(state.networks),
@@ -649,7 +677,8 @@ class Engine:
             "networks": [{"name": n.name, "mode": n.mode.value, "bridge": n.bridge,
                           "forward_dev": n.forward_dev,
                           "subnets": [str(ip.subnet) for ip in n.ips],
-                          "rules": per_net.get(n.name, 0), "source": n.source}
+                          "rules": per_net.get(n.name, 0), "source": n.source,
+                          **_features(n, state.networks, desired, counters)}
                          for n in sorted(state.networks.values(), key=lambda n: n.name)],
         }
 

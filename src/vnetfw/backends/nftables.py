@@ -412,6 +412,10 @@ class NftablesBackend(Backend):
                 t.sets[mname].elems.append(_Known(key, ("jump", cname)))
         return NftLive({t.name: t})
 
+    def forward_counters(self, live: NftLive, prefix: str) -> dict[Rule, tuple[int, int]]:
+        """Each live forward DNAT rule -> (packets, bytes) of its map element."""
+        return forward_counters(live, prefix)
+
     def effective(self, desired: Ruleset) -> Ruleset:
         """The part of ``desired`` nftables implements: without the optional CHECKSUM
         fix-ups (no nftables equivalent; libvirt's nftables backend drops them too)."""

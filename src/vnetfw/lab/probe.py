@@ -58,10 +58,11 @@ class Probe:
     addr: str
     proto: str                      # "tcp" | "udp"
     token: str
+    port: int = PORT                # another port: a port forward, translated to PORT
 
 
-def new_probe(src_ns: str, dst_ns: str, addr: str, proto: str) -> Probe:
-    return Probe(src_ns, dst_ns, addr, proto, f"v{os.getpid()}x{next(_tokens)}")
+def new_probe(src_ns: str, dst_ns: str, addr: str, proto: str, port: int = PORT) -> Probe:
+    return Probe(src_ns, dst_ns, addr, proto, f"v{os.getpid()}x{next(_tokens)}", port)
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,7 @@ def run_probes(nss: Mapping[str, Netns], listeners: Mapping[str, Listener],
 
     def send(group: Sequence[Probe]) -> dict[str, dict]:
         req = {"timeout": timeout, "probes": [
-            {"t": p.token, "p": p.proto, "a": p.addr, "port": PORT} for p in group]}
+            {"t": p.token, "p": p.proto, "a": p.addr, "port": p.port} for p in group]}
         argv = nss[group[0].src_ns].argv(python, "-I", AGENT, "send")
         proc = subprocess.run(argv, input=json.dumps(req), capture_output=True, text=True,
                               timeout=timeout * 4 + 20)
