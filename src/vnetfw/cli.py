@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "firewall-cmd --reload, nft flush ruleset, iptables -F ...)")
     sp.add_argument("--dry-run", action="store_true", help="show what would be repaired")
     cmd("status", "active networks and whether the live firewall matches them")
+    sp = cmd("show", "one active network: its definition, port forwards, rules with their "
+                     "counters, and whether the live firewall matches it")
+    sp.add_argument("name", metavar="NAME")
     sp = cmd("teardown", "remove every chain, jump and rule vnetfw owns, and nothing else")
     sp.add_argument("--dry-run", action="store_true", help="show what would change")
     sp = cmd("render", "print what apply would load into an empty ruleset (no root needed)")
@@ -196,8 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _engine(a: argparse.Namespace):
     from .engine import Engine
-    return Engine(backend=a.backend, profile=a.profile, netns=a.netns, state_dir=a.state_dir,
-                  prefix=a.prefix, hooks_dir=a.hooks_dir)
+    from .interrupts import say
+    eng = Engine(backend=a.backend, profile=a.profile, netns=a.netns, state_dir=a.state_dir,
+                 prefix=a.prefix, hooks_dir=a.hooks_dir)
+    eng.store.on_wait = say         # a held lock: say who holds it, and that we wait
+    return eng
 
 
 def _emit(a: argparse.Namespace, doc: Any, human: Callable[[], None]) -> None:
@@ -279,6 +285,12 @@ def cmd_status(a):
     st = _engine(a).status()
     _emit(a, lambda: output.status_doc(st), lambda: output.print_status(st))
     return 0 if st["in_sync"] else 1
+
+
+def cmd_show(a):
+    sh = _engine(a).show(a.name)
+    _emit(a, lambda: output.show_doc(sh), lambda: output.print_show(sh))
+    return 0 if sh["in_sync"] else 1
 
 
 def cmd_render(a):
@@ -433,11 +445,33 @@ COMMANDS = {"setup": cmd_setup, "apply": cmd_apply, "remove": cmd_remove, "list"
             "status": cmd_status, "teardown": cmd_teardown, "render": cmd_render,
             "diff": cmd_diff, "check": cmd_check, "reload": cmd_reload,
             "demo": cmd_demo}
-COMMANDS.update(migrate=cmd_migrate, doctor=cmd_doctor, sync=cmd_sync)
+COMMANDS.update(migrate=cmd_migrate, doctor=cmd_doctor, sync=cmd_sync, show=cmd_show)
 COMMANDS.update(watch=cmd_watch)
 COMMANDS["libvirt-hook"] = cmd_libvirt_hook
 COMMANDS["libvirt"] = cmd_libvirt
 COMMANDS["install-files"] = cmd_install_files
+
+
+# Commands that read or change a firewall (or a namespace): without CAP_NET_ADMIN each would
+# fail at its first tool, with that tool's words ("iptables-save: Permission denied", or
+# nft blaming the kernel). They say the cause instead, before anything else. render and
+# list read only files; libvirt-hook is run by libvirtd as root.
+NEEDS_NET_ADMIN = frozenset({"setup", "apply", "sync", "remove", "reload", "teardown",
+                             "check", "diff", "status", "show", "migrate", "watch", "doctor",
+                             "demo"})
+CAP_NET_ADMIN = 12
+
+
+def has_net_admin() -> bool:
+    """Does this process hold CAP_NET_ADMIN (root, or a capability-holding service)?"""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.geteuid() == 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -468,6 +502,9 @@ def main(argv: list[str] | None = None) -> int:
         say(line)
         return code
     try:
+        if a.command in NEEDS_NET_ADMIN and not has_net_admin():
+            from .errors import NeedsRoot
+            raise NeedsRoot(f"{a.command} needs root (CAP_NET_ADMIN)")
         code = COMMANDS[a.command](a)
         if DEFERRAL.interrupted:
             say("vnetfw: interrupted after the change in progress was finished and "

@@ -65,7 +65,11 @@ def print_human(rep: DoctorReport, out=None) -> None:
     nets = ", ".join(n.name for n in f.networks) or "none"
     print(f"vnetfw doctor: {where}; networks checked ({f.networks_from}): {nets}", file=out)
     if not rep.findings:
-        print("nothing found that would break the virtual networks", file=out)
+        # Never "all is well" about what could not be read: say how much that was.
+        print("nothing found that would break the virtual networks" if not f.not_checked
+              else f"nothing found that would break the virtual networks in what was "
+                   f"checked; {len(f.not_checked)} thing(s) could not be checked (below)",
+              file=out)
     for x in rep.findings:
         print(file=out)
         print(("PROBLEM: " if x.severity == "problem" else "note: ") + x.what.split("\n")[0],
@@ -81,7 +85,8 @@ def print_human(rep: DoctorReport, out=None) -> None:
             print(f"  - {n}", file=out)
     print(file=out)
     n = len(rep.problems)
-    print(f"{n} problem(s), {len(rep.findings) - n} note(s)", file=out)
+    unchecked = f", {len(f.not_checked)} not checked" if f.not_checked else ""
+    print(f"{n} problem(s), {len(rep.findings) - n} note(s){unchecked}", file=out)
 
 
 def run_doctor(a) -> int:

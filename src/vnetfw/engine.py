@@ -682,5 +682,24 @@ class Engine:
                          for n in sorted(state.networks.values(), key=lambda n: n.name)],
         }
 
+    def show(self, name: str) -> dict[str, Any]:
+        """One active network: its definition, its rules (in the order planned) with the
+        packets and bytes each has matched where the backend keeps counters, and what of
+        it differs from the live firewall. Read-only, like ``status``."""
+        state = self.store.load()
+        net = state.networks.get(name)
+        if net is None:
+            raise UsageError("show", f"not active: {name} (active: "
+                                     f"{_some(sorted(state.networks))})")
+        b = self.backend_for(state)
+        prof = self.profile_for(state)
+        live = b.read()
+        drift = [c for c in b.changes(live, plan(state.networks.values(), prof), "full").items
+                 if c.network == name]
+        counts = b.counters(live, prof.prefix)
+        return {"backend": b.name, "profile": prof.name, "prefix": prof.prefix,
+                "network": net, "in_sync": not drift, "drift": drift,
+                "rules": list(network_rules(net, prof)), "counters": counts}
+
     def list_networks(self) -> list[Network]:
         return sorted(self.store.load().networks.values(), key=lambda n: n.name)

@@ -142,6 +142,24 @@ def list_doc(nets: Iterable[Any]) -> dict[str, Any]:
     return document("list", networks=[n.to_dict() for n in nets])
 
 
+def _rule_json(r: Any, counts: dict | None) -> dict[str, Any]:
+    c = counts.get(r) if counts is not None else None
+    return {"family": f"ipv{r.family}", "table": r.table, "chain": r.chain,
+            "rule": r.describe(), "optional": r.optional,
+            "packets": c[0] if c else None, "bytes": c[1] if c else None}
+
+
+def show_doc(sh: dict[str, Any]) -> dict[str, Any]:
+    net = sh["network"]
+    return document("show", backend=sh["backend"], profile=sh["profile"],
+                    prefix=sh["prefix"], network=net.to_dict(), in_sync=sh["in_sync"],
+                    drift=[c.to_json() for c in sh["drift"]],
+                    counters=sh["counters"] is not None,
+                    port_forwards=[f.describe() for f in net.port_forwards],
+                    allows=[x.describe() for x in net.allows],
+                    rules=[_rule_json(r, sh["counters"]) for r in sh["rules"]])
+
+
 # -- human text -------------------------------------------------------------------------
 
 SHOW_EACH = 60      # networks listed one by one; more are summed up in one line
@@ -231,3 +249,35 @@ def print_status(st: dict[str, Any]) -> None:
     table(("Name", "Mode", "Bridge", "Subnets", "Rules"),
           [(n["name"], n["mode"], n["bridge"] or "-", " ".join(n["subnets"]) or "-",
             str(n["rules"])) for n in st["networks"]])
+
+
+def print_show(sh: dict[str, Any]) -> None:
+    """``vnetfw show NAME``: the definition, then the live state, then every rule."""
+    n = sh["network"]
+    fields = [("Name", n.name), ("Mode", n.mode.value), ("Bridge", n.bridge or "-"),
+              ("Subnets", " ".join(f"{ip.subnet}{' (dhcp)' if ip.dhcp else ''}"
+                                   for ip in n.ips) or "-"),
+              ("Forward device", n.forward_dev or "-"), ("Source", n.source or "-"),
+              ("Backend", f"{sh['backend']} (profile {sh['profile']}, prefix {sh['prefix']})"),
+              ("Live firewall", "in sync" if sh["in_sync"] else
+               f"DRIFT ({len(sh['drift'])} differences; 'vnetfw reload' repairs them)")]
+    for k, v in fields:
+        print(f"{k + ':':<16}{v}")
+    for c in sh["drift"]:
+        print(f"  {c.drift_text()}")
+    for title, items in (("Port forwards", n.port_forwards), ("Allows", n.allows)):
+        if items:
+            print(f"\n{title}:")
+            for x in items:
+                print(f"  {x.describe()}")
+    counts = sh["counters"]
+    print()
+    if not sh["rules"]:
+        print("Rules: none (this mode gets no firewall rules)")
+        return
+    table(("Family", "Chain", "Packets", "Bytes", "Rule"),
+          [(f"ipv{r.family}", f"{r.table} {r.chain}",
+            *((str(c[0]), str(c[1])) if (c := (counts or {}).get(r)) else ("-", "-")),
+            r.describe()) for r in sh["rules"]])
+    if counts is None:
+        print(f"(no counters: {sh['backend']} rules keep none)")

@@ -1,7 +1,8 @@
 """Desired state on disk, and the lock that keeps two vnetfw processes from interleaving.
 
 Contract: ``StateStore.lock()`` is an exclusive, blocking (with timeout) lock held for the
-whole read-modify-write of one command; ``load()`` returns the last saved ``State`` (empty if
+whole read-modify-write of one command; while it waits it says once (``on_wait``) who holds
+the lock, as the kernel knows it (``lock_holders``); ``load()`` returns the last saved ``State`` (empty if
 none); ``save()`` replaces it atomically (write to a temporary file, fsync, rename), so a
 crash leaves either the old or the new state, never half of one.
 
@@ -80,10 +81,57 @@ class State:
                 "networks": [form(self.networks[k]) for k in sorted(self.networks)]}
 
 
+WAIT_SAY = 0.5      # seconds of waiting for the lock before saying so
+
+
+def lock_holders(fd: int) -> list[int]:
+    """The pids that hold a lock on the file open at ``fd``, from the kernel's /proc/locks
+    (pids as this process's pid namespace sees them). Not a pid written into the file: that
+    is the last writer's, alive or not, and says nothing about who holds the lock now."""
+    st = os.fstat(fd)
+    # /proc/locks: "1: FLOCK  ADVISORY  WRITE 4836 fe:00:2153392 0 EOF", the device as
+    # hex major:minor; a process waiting for the lock is listed as "1: -> FLOCK ...".
+    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    pids = []
+    try:
+        with open("/proc/locks") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 6 and parts[1] != "->" and parts[5] == key \
+                        and parts[4].isdigit():
+                    pids.append(int(parts[4]))
+    except OSError:
+        pass
+    return pids
+
+
+def describe_pid(pid: int) -> str:
+    """``pid 1234 (vnetfw apply net.xml)``: the process and its command line, if readable."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return f"pid {pid}"
+    if "vnetfw" in argv[2:3] and argv[1:2] == ["-m"]:
+        argv = argv[2:]                             # python -m vnetfw ...
+    elif argv and argv[0].endswith("/vnetfw"):
+        argv[0] = "vnetfw"
+    cmd = " ".join(argv)
+    return f"pid {pid}" + (f" ({cmd[:77] + '...' if len(cmd) > 80 else cmd})" if cmd else "")
+
+
 class StateStore:
     def __init__(self, directory: str | Path) -> None:
         self.dir = Path(directory)
         self.path = self.dir / "state.json"
+        # Called once with a line to show when ``lock`` has waited WAIT_SAY seconds (the
+        # CLI prints it on stderr); None: wait in silence.
+        self.on_wait: Callable[[str], None] | None = None
+
+    def holders_text(self, fd: int) -> str:
+        pids = lock_holders(fd)
+        return ", ".join(describe_pid(p) for p in pids) if pids else "a process not " \
+            "visible here (another PID namespace?)"
 
     @contextlib.contextmanager
     def lock(self, timeout: float = 30.0) -> Iterator[None]:
@@ -91,7 +139,8 @@ class StateStore:
         fd = self._trusted(lambda: safe_files.open_lock(self.dir / "lock"), "lock file",
                            self.dir / "lock")
         try:
-            deadline = time.monotonic() + timeout
+            start = time.monotonic()
+            said = False
             while True:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -99,14 +148,17 @@ class StateStore:
                 except OSError as e:
                     if e.errno not in (errno.EAGAIN, errno.EACCES):
                         raise
-                    if time.monotonic() > deadline:
-                        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-                        raise LockTimeout(f"{self.dir}/lock: another vnetfw (pid {holder or '?'}) "
-                                         f"has held the lock for over {timeout:.0f}s",
+                    waited = time.monotonic() - start
+                    if waited > timeout:
+                        raise LockTimeout(f"{self.dir}/lock: held by {self.holders_text(fd)} "
+                                          f"for over {timeout:.0f}s; gave up waiting",
                                           file=str(self.dir / "lock")) from None
+                    if not said and waited >= WAIT_SAY and self.on_wait is not None:
+                        said = True
+                        self.on_wait(f"vnetfw: waiting for the state lock {self.dir}/lock, "
+                                     f"held by {self.holders_text(fd)} (up to "
+                                     f"{timeout:.0f}s)")
                     time.sleep(0.05)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             yield
         finally:
             os.close(fd)        # closing releases the flock

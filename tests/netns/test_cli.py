@@ -124,7 +124,7 @@ def test_lock_serialises_processes(tmp_path):
     t = threading.Thread(target=holder)
     t.start()
     held.wait(5)
-    with pytest.raises(StateError, match="another vnetfw"):
+    with pytest.raises(StateError, match=f"held by pid {os.getpid()} "):
         with StateStore(tmp_path).lock(timeout=0.3):
             pass
     release.set()

@@ -21,7 +21,8 @@ from vnetfw.backends.runner import NETNS_DIR
 FIX = Path(__file__).parent.parent / "fixtures" / "libvirt"
 SCHEMA_OF = {"setup": "report", "apply": "report", "sync": "report", "remove": "report",
              "reload": "report", "teardown": "report", "check": "drift", "diff": "drift",
-             "status": "status", "list": "list", "render": "render", "doctor": "doctor"}
+             "status": "status", "list": "list", "render": "render", "doctor": "doctor",
+             "show": "show"}
 
 
 def toml(name: str, n: int) -> str:

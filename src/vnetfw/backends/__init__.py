@@ -131,6 +131,12 @@ class Backend:
     def live_ruleset(self, live: Any, prefix: str) -> Ruleset:
         raise NotImplementedError  # pragma: no cover
 
+    def counters(self, live: Any, prefix: str) -> "dict[Rule, tuple[int, int]] | None":
+        """Packets and bytes each of vnetfw's rules in ``live`` has matched, by rule; None
+        where the backend's rules keep no counters (nftables: vnetfw's rules carry no
+        ``counter`` statement)."""
+        return None
+
     def effective(self, desired: Ruleset) -> Ruleset:
         """The part of ``desired`` this backend implements (nftables has no CHECKSUM target,
         so it drops those optional rules). Compare ``live_ruleset`` with this, not ``desired``."""

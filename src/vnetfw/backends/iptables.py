@@ -726,6 +726,25 @@ class IptablesBackend(Backend):
                 rules += chain
         return Ruleset.canonical(prefix, rules)
 
+    def counters(self, live: IptLive, prefix: str) -> dict[Rule, tuple[int, int]]:
+        """From the ``[packets:bytes]`` that ``iptables-save -c`` puts before each rule."""
+        out: dict[Rule, tuple[int, int]] = {}
+        chains = {f"-A {prefix}_{spec.suffix} ": spec for spec in LAYOUT}
+        for fam in (4, 6):
+            for table, dump in live.tables[fam].items():
+                for line in dump.text.splitlines():
+                    if not line.startswith("["):
+                        continue
+                    count, _, rest = line[1:].partition("] ")
+                    for head, spec in chains.items():
+                        if spec.table == table and rest.startswith(head):
+                            r = parse_rule(rest[len(head):], fam, table, spec.suffix)
+                            if isinstance(r, Rule):
+                                pk, _, by = count.partition(":")
+                                out[r] = (int(pk), int(by))
+                            break
+        return out
+
     def assumed_live(self, committed: Ruleset) -> IptLive | None:
         """The layout as vnetfw committed it (private chains, one jump each, in order), when
         none of the networks about to change has rules yet: they are then appended to each

@@ -70,21 +70,26 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
             out.append(Path(STDIN))
             continue
         p = Path(given)
-        if p.is_dir():
-            # scandir knows each entry's type without a stat, and names sort as strings
-            # (sorting Path objects costs ~10 ms for a folder of 1,000 files).
-            with os.scandir(p) as it:
-                names = sorted(e.name for e in it if e.is_file() and
-                               os.path.splitext(e.name)[1].lower() in (".xml", ".toml"))
-            found = [p / name for name in names]
-            if not found:
-                raise DefinitionError(str(p), "folder holds no .xml or .toml definitions")
-            out.extend(found)
-        elif p.exists():
-            out.append(p)
-        else:
-            raise DefinitionError(str(p), "no such file or folder")
+        try:
+            out.extend(_expand(p))
+        except OSError as e:        # a folder on the way that we may not enter, ...
+            raise DefinitionError(str(p), f"cannot read: {e.strerror or e}") from None
     return out
+
+
+def _expand(p: Path) -> list[Path]:
+    if p.is_dir():
+        # scandir knows each entry's type without a stat, and names sort as strings
+        # (sorting Path objects costs ~10 ms for a folder of 1,000 files).
+        with os.scandir(p) as it:
+            names = sorted(e.name for e in it if e.is_file() and
+                           os.path.splitext(e.name)[1].lower() in (".xml", ".toml"))
+        if not names:
+            raise DefinitionError(str(p), "folder holds no .xml or .toml definitions")
+        return [p / name for name in names]
+    if p.exists():
+        return [p]
+    raise DefinitionError(str(p), "no such file or folder")
 
 
 def load_paths(paths: Iterable[str | Path]) -> tuple[Network, ...]:
