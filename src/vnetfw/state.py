@@ -1,9 +1,9 @@
 """Desired state on disk, and the lock that keeps two vnetfw processes from interleaving.
 
 Contract: ``StateStore.lock()`` is an exclusive, blocking (with timeout) lock held for the
-whole read-modify-write of one command; while it waits it says once (``on_wait``) who holds
-the lock, as the kernel knows it (``lock_holders``); ``load()`` returns the last saved ``State`` (empty if
-none); ``save()`` replaces it atomically (write to a temporary file, fsync, rename), so a
+whole read-modify-write of one command; while it waits it says once (``on_wait``) who
+holds the lock, as the kernel knows it (``lock_holders``); ``load()`` returns the last saved
+``State`` (empty if none); ``save()`` replaces it atomically (write to a temporary file, fsync, rename), so a
 crash leaves either the old or the new state, never half of one.
 
 Layout: ``<state_dir>/state.json`` and ``<state_dir>/lock``. The default state dir is
