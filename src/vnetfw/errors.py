@@ -9,6 +9,21 @@ nothing is changed. The exit codes are the table in ``vnetfw.output.EXIT_CODES``
 from __future__ import annotations
 
 
+def cut(text: str, limit: int = 400) -> str:
+    """``text`` for a one-line message: at most ``limit`` characters, and how many more
+    there were (a 1 MiB name must not make a 1 MiB error line)."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit} more characters)"
+
+
+def shown(value: object, limit: int = 64) -> str:
+    """``repr(value)`` for a message, a long string cut before it is quoted."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}… ({len(value)} characters)"
+    return cut(repr(value), 2 * limit)
+
+
 class VnetfwError(Exception):
     """Base class: an error with a message fit to print as is.
 
@@ -45,12 +60,14 @@ class DefinitionError(VnetfwError):
                  field: str | None = None) -> None:
         self.source = source
         self.problem = problem
-        where = [source]
+        # Each part cut to a length fit for one line: a value quoted in ``problem`` or a
+        # network's name can be as long as the file it came from.
+        where = [cut(source, 1000)]
         if network is not None:
-            where.append(f"network {network!r}")
+            where.append(f"network {shown(network)}")
         if field is not None:
-            where.append(field)
-        super().__init__(": ".join(where + [problem]), file=source, network=network,
+            where.append(cut(field, 200))
+        super().__init__(": ".join(where + [cut(problem)]), file=source, network=network,
                          field=field)
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Callable, Iterable, NamedTuple
 
-from .errors import DefinitionError
+from .errors import DefinitionError, shown
 
 IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -66,7 +66,8 @@ class Mode(str, Enum):
         return self in (Mode.NAT, Mode.ROUTE, Mode.ISOLATED, Mode.OPEN)
 
 
-# Linux: IFNAMSIZ is 16 including the NUL, so 15 characters; dev_valid_name() refuses "/",
+# Linux: IFNAMSIZ is 16 including the NUL, so 15 bytes (not characters: "мост-сети" is 9
+# characters and 17 bytes of UTF-8, which the kernel refuses); dev_valid_name() refuses "/",
 # ":" and whitespace, and "." / "..". Quotes are refused too so a name is always a plain token
 # in iptables-restore and nft scripts. "+" is legal for Linux but a trailing "+" is a
 # wildcard to iptables ("-i virbr+" matches every virbr*), and "*" is nft's: a bridge named
@@ -81,12 +82,12 @@ def ifname_problem(name: object) -> str | None:
     """Why ``name`` is not a valid Linux interface name, or None if it is."""
     if not isinstance(name, str) or not name:
         return "must be a non-empty interface name"
-    if len(name) > 15:
-        return f"interface name {name!r} is longer than 15 characters"
+    if len(name) > 15 or len(name.encode("utf-8", "surrogatepass")) > 15:
+        return f"interface name {shown(name)} is longer than 15 bytes (Linux's limit)"
     if name in (".", ".."):
-        return f"interface name {name!r} is reserved"
+        return f"interface name {shown(name)} is reserved"
     if _IFNAME_BAD.search(name) or not name.isprintable():
-        return (f"interface name {name!r} may not contain '/', ':', quotes, backslashes, "
+        return (f"interface name {shown(name)} may not contain '/', ':', quotes, backslashes, "
                 "whitespace, or the wildcards '+' and '*'")
     return None
 
@@ -126,8 +127,8 @@ def classful_prefix(addr: "IPAddr") -> int:
 
 def netname_problem(name: object) -> str | None:
     if not isinstance(name, str) or not _NETNAME.match(name):
-        return (f"network name {name!r} must be 1-64 characters of letters, digits and _ . + -, "
-                "not starting with . + or -")
+        return (f"network name {shown(name)} must be 1-64 characters of letters, digits "
+                "and _ . + -, not starting with . + or -")
     return None
 
 

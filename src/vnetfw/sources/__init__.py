@@ -12,6 +12,7 @@ its content (XML starts with ``<``), reported as ``<stdin>``.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -35,22 +36,67 @@ def load_bytes(data: bytes, source: str) -> list[Network]:
     return parse_toml(data, source)
 
 
+# A definition is a few hundred bytes (libvirt's largest reference XML: ~3 KB); a file of
+# more than this is a mistake, not a network, and is refused before it is read whole.
+MAX_DEFINITION_BYTES = 1 << 20
+
+
+def read_definition(path: Path) -> bytes:
+    """The bytes of one definition file: a regular file (a symlink to one is fine: libvirt's
+    autostart folder is made of them) of at most ``MAX_DEFINITION_BYTES``. Anything else is
+    refused with one line before a byte is read: ``/dev/zero`` never ends, a FIFO blocks
+    until someone writes to it (hence O_NONBLOCK: opening one returns at once, and fstat
+    then says what it is), and a huge file would be read into memory whole."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as e:
+        raise DefinitionError(str(path), f"cannot read: {e.strerror or e}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise DefinitionError(str(path), f"cannot read: not a regular file ({_kind(st.st_mode)})")
+        if st.st_size > MAX_DEFINITION_BYTES:
+            raise DefinitionError(str(path), f"{st.st_size} bytes is too large for a "
+                                             f"definition (at most {MAX_DEFINITION_BYTES})")
+        chunks, size = [], 0
+        while chunk := os.read(fd, MAX_DEFINITION_BYTES + 1 - size):   # it may grow
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_DEFINITION_BYTES:
+                raise DefinitionError(str(path), "too large for a definition (at most "
+                                                 f"{MAX_DEFINITION_BYTES} bytes)")
+        return b"".join(chunks)
+    except OSError as e:
+        raise DefinitionError(str(path), f"cannot read: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a file"
+
+
 def load_file(path: Path) -> list[Network]:
     """Load one file; the format is chosen by its extension (``.xml`` or ``.toml``); ``-``
     is standard input, its format chosen by its content."""
     if str(path) == STDIN:
         try:
-            data = sys.stdin.buffer.read()
+            data = sys.stdin.buffer.read(MAX_DEFINITION_BYTES + 1)
         except (OSError, ValueError, AttributeError) as e:
             raise DefinitionError(STDIN_SOURCE, f"cannot read: {e}") from None
+        if len(data) > MAX_DEFINITION_BYTES:
+            raise DefinitionError(STDIN_SOURCE, "too large for a definition (at most "
+                                                f"{MAX_DEFINITION_BYTES} bytes)")
         if not data.strip():
             raise DefinitionError(STDIN_SOURCE, "no definition on standard input")
         return load_bytes(data, STDIN_SOURCE)
     suffix = path.suffix.lower()
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise DefinitionError(str(path), f"cannot read: {e.strerror or e}") from None
+    data = read_definition(path)
     if suffix == ".xml":
         from .libvirt_xml import parse_network_xml
         return [parse_network_xml(data, str(path))]
