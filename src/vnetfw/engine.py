@@ -159,6 +159,7 @@ class Engine:
         self._prefix = prefix
         self._backend_name = backend
         self._backend: Backend | None = None
+        self._found: str | None = None      # the backend found holding vnetfw's layout
         self._prefetch: threading.Thread | None = None
         self._prefetched: tuple[str, Generation | None] | None = None
         # Ctrl-C from the commit until the command is done: see ``interrupts``
@@ -170,12 +171,19 @@ class Engine:
             else os.environ.get("VNETFW_HOOKS_DIR", DEFAULT_HOOKS_DIR)))
 
     # -- helpers ------------------------------------------------------------------------
-    def backend_for(self, state: State) -> Backend:
-        """The requested backend; ``auto`` keeps the one the active networks use."""
+    def backend_for(self, state: State, find: bool = False) -> Backend:
+        """The requested backend; ``auto`` keeps the one the active networks use. With
+        ``find`` (the commands that read or repair what is live: check, status, reload,
+        teardown) and no backend on record (no state: lost, or never written), ``auto``
+        is the backend whose live firewall holds vnetfw's layout (``_found_live``), so
+        that they look where vnetfw's rules are, not at nftables by default."""
         if self._backend is None:
             name = self._backend_name
             if name == "auto" and state.backend:
                 name = state.backend
+            elif name == "auto" and find:
+                self._found = self._found_live(self.profile_for(state).prefix)
+                name = self._found or name
             self._backend = get_backend(name, self.runner)
             # A backend the active networks already use was usable when they were applied,
             # and 'auto' probed what it picked; otherwise check what costs no process (the
@@ -184,6 +192,18 @@ class Engine:
             if name != state.backend and (why := self._backend.available(probe=False)) is not None:
                 raise BackendError(f"backend {self._backend.name} is not usable: {why}")
         return self._backend
+
+    def _found_live(self, prefix: str) -> str | None:
+        """The first backend, in the order ``auto`` prefers them, whose live firewall holds
+        the prefix's layout (``Backend.holds``); None if none does. Costs a read of each
+        (x_tables: none where no table is loaded), on the rare path with no state."""
+        for name in ("nftables", "iptables-nft", "iptables-legacy"):
+            try:
+                if get_backend(name, self.runner).holds(prefix):
+                    return name
+            except BackendError:
+                continue            # not readable here: it holds nothing we could use
+        return None
 
     def profile_for(self, state: State) -> Profile:
         name = self._profile_name or state.profile or "default"
@@ -588,7 +608,7 @@ class Engine:
         report's ``changes``; hooks get ``reloaded`` when anything was repaired."""
         with self.store.lock(), self.interrupts:
             state = self.store.load()
-            b = self.backend_for(state)
+            b = self.backend_for(state, find=True)
             prof = self.profile_for(state)
             rep = Report("reload", b.name, networks=sorted(state.networks), applied=not dry_run)
             if not state.networks:
@@ -622,10 +642,12 @@ class Engine:
 
         No active networks (never applied, torn down, or every one removed) is no desired
         state: clean, without reading the firewall, as ``watch`` sees it ("nothing to
-        guard") and as ``reload`` acts on it (nothing to re-create)."""
+        guard") and as ``reload`` acts on it (nothing to re-create). Except with no state
+        at all (lost, or another state dir) while vnetfw's chains are live: the rules of
+        networks no state names are reported (``_leftovers``)."""
         state = self.store.load()
         if not state.networks:
-            return []
+            return self._leftovers(state)
         b = self.backend_for(state)
         prof = self.profile_for(state)
         if self._untouched(state, b, prof, state.networks):
@@ -633,11 +655,23 @@ class Engine:
         desired = plan(state.networks.values(), prof)
         return b.changes(b.read(), desired, "full").items
 
+    def _leftovers(self, state: State) -> list[Change]:
+        """With no state on record and ``auto``: the rules of networks that the backend
+        holding vnetfw's layout carries (``backend_for(find=True)``), which no state names.
+        Nothing when no backend holds any (a namespace vnetfw never set up: no read beyond
+        that search) or the state names a backend (its networks were all removed)."""
+        if state.backend or self._backend_name != "auto":
+            return []
+        b = self.backend_for(state, find=True)
+        if self._found is None:
+            return []
+        return b.changes(b.read(), plan((), self.profile_for(state)), "full").items
+
     def teardown(self, dry_run: bool = False) -> Report:
         """Remove every chain, jump and rule vnetfw owns (and nothing else); forget networks."""
         with self.store.lock(), self.interrupts:
             state = self.store.load()
-            b = self.backend_for(state)
+            b = self.backend_for(state, find=True)
             prof = self.profile_for(state)
             rep = Report("teardown", b.name, networks=sorted(state.networks),
                          applied=not dry_run)
@@ -656,13 +690,14 @@ class Engine:
         """Active networks and whether the live firewall matches them (read-only, no lock
         needed: a concurrent writer replaces the state file atomically)."""
         state = self.store.load()
-        b = self.backend_for(state)
+        b = self.backend_for(state, find=True)
         prof = self.profile_for(state)
         desired = plan(state.networks.values(), prof)
         live = None
         if state.networks and not self._untouched(state, b, prof, state.networks):
             live = b.read()
-        drift = [] if live is None else b.changes(live, desired, "full").items
+        drift = self._leftovers(state) if not state.networks \
+            else [] if live is None else b.changes(live, desired, "full").items
         per_net: dict[str, int] = {}
         for r in desired.rules:
             per_net[r.network] = per_net.get(r.network, 0) + 1

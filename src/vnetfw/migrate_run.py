@@ -109,8 +109,8 @@ class MigrationEngine(Engine):
         self.flavour: str | None = None
         self._resolved = False
 
-    def backend_for(self, state):
-        b = super().backend_for(state)
+    def backend_for(self, state, find=False):
+        b = super().backend_for(state, find)
         if not self._resolved:
             self._resolved = True
             self.flavour = flavour_of(self.runner, b.name)

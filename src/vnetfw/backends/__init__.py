@@ -169,6 +169,12 @@ class Backend:
         networks; the engine then reads the live state."""
         return None
 
+    def holds(self, prefix: str) -> bool:
+        """Does the live firewall hold anything of the prefix's layout (a table, chain or
+        jump of vnetfw's)? Read-only. How a command with no state (lost, or never written)
+        finds which backend vnetfw's rules are live in. False where it cannot tell."""
+        return False
+
     def vacant(self, live: Any, prefix: str) -> bool:
         """True when ``live`` holds nothing of the prefix's layout (no chain, table or jump
         of vnetfw's): the layout and every network are then new, and ``load_fresh`` may

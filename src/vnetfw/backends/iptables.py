@@ -894,8 +894,27 @@ class IptablesBackend(Backend):
         Docker, firewalld) waiting or failing. Those get the ordinary one-shot restore."""
         if self.nf_tables is not True:
             return False
-        return not any(f"{prefix}_{c.suffix}" in live.tables[fam].get(c.table, TableDump()).chains
-                       for fam in (4, 6) for c in LAYOUT)
+        return not self._holds(live, prefix)
+
+    @staticmethod
+    def _holds(live: IptLive, prefix: str) -> bool:
+        return any(f"{prefix}_{c.suffix}" in live.tables[fam].get(c.table, TableDump()).chains
+                   for fam in (4, 6) for c in LAYOUT)
+
+    def holds(self, prefix: str) -> bool:
+        """A chain of ours in any table (a jump needs its chain). On x_tables, where no
+        table of vnetfw's is loaded in the namespace (most hosts today), nothing is run:
+        the kernel's list of loaded tables says there is nothing to read."""
+        if self.available() is not None:
+            return False
+        if self.nf_tables is False:
+            from .xtfp import loaded_tables
+            try:
+                if not any(set(TABLES) & t for t in loaded_tables(self._netns_path()).values()):
+                    return False
+            except OSError:
+                pass
+        return self._holds(self.read(), prefix)
 
     def load_fresh(self, live: IptLive, prefix: str,
                    networks: Iterable[tuple[str, Sequence[Rule]]]) -> ChangeSet:

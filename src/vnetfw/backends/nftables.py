@@ -801,6 +801,9 @@ class NftablesBackend(Backend):
     def vacant(self, live: NftLive, prefix: str) -> bool:
         return table_name(prefix) not in live.tables
 
+    def holds(self, prefix: str) -> bool:
+        return self.available(probe=False) is None and not self.vacant(self.read(), prefix)
+
     def load_fresh(self, live: NftLive, prefix: str,
                    networks: Iterable[tuple[str, Sequence[Rule]]]) -> ChangeSet:
         """``fresh`` written into one ``nft -f`` while it is produced: one transaction,

@@ -111,15 +111,27 @@ def _hash_table(h, s: socket.socket, level: int, name: str, at: tuple[int, int])
     raise OSError(errno.EAGAIN, f"table {name} kept changing while read")
 
 
+def _loaded(names_file: str) -> set[str]:
+    """The x_tables tables of one family loaded in the calling thread's namespace."""
+    try:
+        with open(f"/proc/thread-self/net/{names_file}") as f:
+            return set(f.read().split())
+    except FileNotFoundError:                   # x_tables of this family not built in
+        return set()
+
+
+def loaded_tables(netns_path: str | None = None) -> dict[int, set[str]]:
+    """Family -> the x_tables tables loaded in our namespace or the one at ``netns_path``
+    (reading this list loads nothing)."""
+    return in_netns(netns_path, lambda: {fam: _loaded(spec[2])
+                                         for fam, spec in _FAMILY.items()})
+
+
 def _fingerprint_here() -> Generation:
     h = hashlib.sha256()            # SHA extensions: ~2 GB/s here, blake2b ~1.4
     cookie = None
     for fam, (af, level, names_file, at) in _FAMILY.items():
-        try:
-            with open(f"/proc/thread-self/net/{names_file}") as f:
-                loaded = set(f.read().split())
-        except FileNotFoundError:               # x_tables of this family not built in
-            loaded = set()
+        loaded = _loaded(names_file)
         if not loaded & set(TABLES):
             h.update(f"|{fam} none|".encode())  # nothing to read (nor a socket to open:
             continue                            # with IPv6 disabled there is none)
