@@ -450,9 +450,7 @@ def check_other_managers(facts: Facts) -> list[Finding]:
                 "apply, libvirt re-adds its own whenever libvirtd or firewalld restarts, "
                 "and if the definitions differ (subnet, mode) libvirt's rejects break what "
                 "vnetfw allows.",
-                "vnetfw migrate --adopt --dry-run PATH (shows exactly what goes), then "
-                "vnetfw migrate --adopt PATH; and stop libvirt from starting that network "
-                "itself (virsh net-autostart --disable NAME).",
+                LIBVIRT_BOTH_FIX,
                 tuple(h[2] for h in hits[:20]), tuple(nets)))
         elif blocking and mgr != "firewalld":
             out.append(Finding(
@@ -620,8 +618,61 @@ def check_bridges(facts: Facts) -> list[Finding]:
     return out
 
 
+LIBVIRT_BOTH_FIX = (
+    "Let libvirt hand the network to vnetfw (docs/libvirt.md): virsh net-dumpxml --inactive "
+    "NAME > NAME.xml; vnetfw libvirt convert NAME.xml > NAME.open.xml; virsh net-define "
+    "NAME.open.xml; then vnetfw migrate --adopt NAME.open.xml takes libvirt's rules over with "
+    "no gap (--dry-run first shows exactly what goes). From the network's next start libvirt "
+    "writes no rules for it and vnetfw's libvirt hook applies it.")
+RESTART_LIBVIRT = ("restart libvirtd once (systemctl restart libvirtd, or virtnetworkd where "
+                   "the modular daemons run) so that it sees the hook")
+
+
+def check_libvirt_hook(facts: Facts) -> list[Finding]:
+    """Open libvirt networks with vnetfw metadata whose hook is missing or unseen, and ones
+    that run without vnetfw's rules."""
+    out = []
+    for v in facts.libvirt:
+        nets = sorted(set(v.with_metadata) | set(v.running_with_metadata))
+        if not nets:
+            continue
+        why_none = ("libvirt writes no rules for an open network, so without vnetfw's hook "
+                    "such a network runs with no firewall at all: its guests reach whatever "
+                    "the host routes to.")
+        if v.hook != "ours":
+            out.append(Finding(
+                "libvirt-hook-missing", "problem",
+                f"{v.who}: network(s) {', '.join(nets)} carry vnetfw metadata, but vnetfw's "
+                "network hook is not installed"
+                + (" (hooks/network.d/vnetfw is another program)" if v.hook == "foreign"
+                   else "") + ".",
+                why_none,
+                f"vnetfw libvirt-hook install, then {RESTART_LIBVIRT}.",
+                networks=tuple(nets)))
+        elif v.started is not None and v.hook_mtime is not None \
+                and v.hook_mtime > v.started and not v.older_hooks:
+            out.append(Finding(
+                "libvirt-hook-unseen", "problem",
+                f"{v.who} started before vnetfw's hook was written, into a hooks folder that "
+                f"was empty then: it will not run the hook for {', '.join(nets)}.",
+                "libvirt looks for hooks only when it starts. " + why_none,
+                f"{RESTART_LIBVIRT[0].upper()}{RESTART_LIBVIRT[1:]}.",
+                networks=tuple(nets)))
+        bare = [n for n in v.running_with_metadata if n not in facts.active]
+        if bare:
+            out.append(Finding(
+                "libvirt-network-unfirewalled", "problem",
+                f"{v.who}: network(s) {', '.join(bare)} run with vnetfw metadata, but vnetfw "
+                "has no rules for them (they started while the hook was missing or unseen).",
+                why_none,
+                "Apply them now: vnetfw apply /etc/libvirt/qemu/networks/NAME.xml (or restart "
+                "them with virsh net-destroy/net-start once the hook runs).",
+                networks=tuple(bare)))
+    return out
+
+
 CHECKS = (check_forwarding, check_forward_policy, check_firewalld, check_other_managers,
-          check_mixed_iptables, check_br_netfilter, check_bridges)
+          check_mixed_iptables, check_br_netfilter, check_bridges, check_libvirt_hook)
 
 
 def run_checks(facts: Facts) -> list[Finding]:

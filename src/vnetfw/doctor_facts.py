@@ -77,6 +77,8 @@ class Facts:
     links: dict[str, Link] | None = None
     firewalld: Firewalld | None = None
     not_checked: list[str] = field(default_factory=list)
+    active: set[str] = field(default_factory=set)  # networks active in vnetfw's state
+    libvirt: list[Any] = field(default_factory=list)  # doctor_libvirt.LibvirtView per daemon
 
 
 def _ipt_cmd(flavour: str, fam: int) -> str:
@@ -192,6 +194,7 @@ def gather(netns: str | None = None, state_dir: str | Path | None = None,
         st = StateStore(state_dir if state_dir is not None else default_state_dir(netns)).load()
         f.backend, f.prefix = st.backend, st.prefix
         state_nets = sorted(st.networks.values(), key=lambda n: n.name)
+        f.active = set(st.networks)
     except VnetfwError as e:
         f.not_checked.append(f"vnetfw's state: {e}")
         state_nets = []
@@ -241,4 +244,11 @@ def gather(netns: str | None = None, state_dir: str | Path | None = None,
             f.firewalld = fw
             if not fw.running:
                 f.not_checked.append("firewalld zones: firewalld is not running")
+    from .doctor_libvirt import gather_libvirt
+    try:
+        f.libvirt = gather_libvirt(netns)
+    except OSError as e:
+        f.not_checked.append(f"libvirt: {e}")
+    for v in f.libvirt:
+        f.not_checked += [f"libvirt ({v.who}): {u}" for u in v.unreadable]
     return f

@@ -67,6 +67,12 @@ class Host:
     def active(self) -> list[str]:
         return [n["name"] for n in json.loads(self.vnetfw("list", "--json").stdout)["networks"]]
 
+    def doctor(self) -> set[str]:
+        """The codes of doctor's libvirt problems (it looks through the daemon's eyes)."""
+        rep = json.loads(self.vnetfw("doctor", "--json", check=False).stdout)
+        return {f["code"] for f in rep["findings"]
+                if "libvirt" in f["code"] and f["severity"] == "problem"}
+
     def ruleset(self) -> str:
         return self.ns.run("nft", "list", "ruleset")
 
@@ -224,15 +230,21 @@ def test_a_new_hook_counts_after_a_daemon_restart_and_applies_once(lv_host):
     assert h.start(net_xml("plain", "vbp", 7), "plain").returncode == 0
     h.d.clear()
     h.d.restart()                                  # now it knows of no hook at all
+    h.d.define(net_xml("web", "vbw", 8, "nat"))
+    assert h.doctor() == {"libvirt-hook-missing"}
     h.install()
-    assert h.start(net_xml("web", "vbw", 8, "nat"), "web").returncode == 0
+    assert h.doctor() == {"libvirt-hook-unseen"}
+    assert h.d.virsh("net-start", "web", check=False).returncode == 0
     assert h.active() == []                        # not seen yet: libvirt ran no hook
+    assert h.doctor() == {"libvirt-hook-unseen", "libvirt-network-unfirewalled"}
     h.d.virsh("net-destroy", "web")
     h.d.restart()
+    assert h.doctor() == set()
     assert h.d.virsh("net-start", "web", check=False).returncode == 0
     assert h.active() == ["web"]
     assert h.events.read_text().splitlines() == ["web added"]
     assert h.vnetfw("check").returncode == 0
+    assert h.doctor() == set()
 
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "libvirt"
@@ -327,9 +339,12 @@ def test_convert_and_migrate_adopt_take_libvirts_network_over_with_no_gap(lv_hos
         assert h.active() == ["default"] and h.vnetfw("check").returncode == 0
         # Until the network restarts, a daemon restart re-adds libvirt's rules for it (it
         # still runs as nat); adopting again takes them over again.
+        assert h.doctor() == set(), h.vnetfw("doctor").stdout
         h.d.restart()
         assert "-i vbd" in h.ns.run("iptables-save")
+        assert h.doctor() == {"other-manager-libvirt"}     # firewalled by both
         h.vnetfw("migrate", "--adopt", str(converted))
+        assert h.doctor() == set()
         assert "-i vbd -j REJECT" not in h.ns.run("iptables-save")
         # The next start is the open network: libvirt writes nothing, the hook applies it.
         h.d.virsh("net-destroy", "default")

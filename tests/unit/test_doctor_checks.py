@@ -186,3 +186,25 @@ def test_report_orders_problems_first_and_prints_every_block(capsys):
     assert out.count("PROBLEM: ") == len(rep.problems)
     assert out.count("  why   ") == out.count("  fix   ") == len(rep.findings)
     assert rep.to_json()["problems"] == len(rep.problems)
+
+
+def test_libvirt_hook_findings():
+    from vnetfw.doctor_checks import check_libvirt_hook
+    from vnetfw.doctor_libvirt import LibvirtView as V
+
+    def codes(*views, active=()):
+        f = Facts(libvirt=list(views), active=set(active))
+        return [x.code for x in check_libvirt_hook(f)]
+    assert codes(V("d", 100.0, "missing")) == []            # no network with metadata
+    assert codes(V("d", 100.0, "missing", with_metadata=["web"])) == ["libvirt-hook-missing"]
+    assert codes(V("d", None, "foreign", with_metadata=["web"])) == ["libvirt-hook-missing"]
+    assert codes(V("d", 100.0, "ours", 50.0, with_metadata=["web"])) == []
+    assert codes(V("d", 100.0, "ours", 150.0, with_metadata=["web"])) == ["libvirt-hook-unseen"]
+    # another hook was there at the daemon's start: libvirt looks into the folder each time
+    assert codes(V("d", 100.0, "ours", 150.0, True, with_metadata=["web"])) == []
+    assert codes(V("d", 100.0, "ours", 150.0, running_with_metadata=["web"])) == \
+        ["libvirt-hook-unseen", "libvirt-network-unfirewalled"]
+    assert codes(V("d", 100.0, "ours", 50.0, running_with_metadata=["web"]),
+                 active=["web"]) == []
+    x = check_libvirt_hook(Facts(libvirt=[V("d", 1.0, "missing", with_metadata=["web"])]))[0]
+    assert "vnetfw libvirt-hook install" in x.fix and "restart libvirtd" in x.fix

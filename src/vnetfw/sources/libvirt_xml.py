@@ -88,12 +88,15 @@ def parse_network_xml(data: bytes | str, source: str = "<string>") -> Network:
     return _Reader(root, source).network()
 
 
-def parse_hook_xml(data: bytes | str, source: str = "<libvirt hook>") -> Network | None:
+def parse_hook_xml(data: bytes | str, source: str = "<libvirt hook>",
+                   wrappers: tuple[str, ...] = ("hookData",)) -> Network | None:
     """The network of what libvirt gives its network hook on stdin
     (``<hookData><network>...</network>...</hookData>``) if vnetfw firewalls it: an open
     network with vnetfw metadata. None when it carries no vnetfw metadata (libvirt
     firewalls it itself, or it is open and left alone). Raises ``DefinitionError`` when the
-    metadata is wrong or the network is not open."""
+    metadata is wrong or the network is not open. ``wrappers``: the root elements that may
+    hold the ``<network>`` (``networkstatus``: libvirt's status files; ``network``: the
+    network itself)."""
     try:
         root = _parse(data)
     except _Unsafe:
@@ -101,10 +104,12 @@ def parse_hook_xml(data: bytes | str, source: str = "<libvirt hook>") -> Network
     except (expat.ExpatError, LookupError, ValueError) as e:
         why = expat.ErrorString(e.code) if isinstance(e, expat.ExpatError) else e
         raise DefinitionError(source, f"malformed XML: {why}") from None
-    net = root.find("network") if root.tag == "hookData" else None
+    net = None
+    if root.tag in wrappers:
+        net = root if root.tag == "network" else root.find("network")
     if net is None:
-        raise DefinitionError(source, f"root element is <{root.tag}>, expected <hookData> "
-                                      "holding a <network>")
+        raise DefinitionError(source, f"root element is <{root.tag}>, expected "
+                                      f"<{wrappers[0]}> holding a <network>")
     reader = _Reader(net, source)
     reader.read_name()
     if vnetfw_firewall(net, reader.fail) is None:
