@@ -19,7 +19,7 @@ import pytest
 
 from vnetfw.lab import libvirtd as lv
 from vnetfw.lab.netns import Netns
-from vnetfw.lab.probe import new_probe, run_probes, start_listeners
+from vnetfw.lab.probe import PORT, new_probe, run_probes, start_listeners
 
 pytestmark = pytest.mark.netns
 
@@ -117,9 +117,12 @@ def _no_libvirt_rules(h: Host) -> None:
 
 def test_open_networks_are_firewalled_per_their_metadata_with_real_packets(lv_host):
     h = lv_host
+    # the nat network publishes its guest's probe port on the host (from the metadata)
+    forward = f'<vnetfw:port-forward proto="tcp" port="{PORT}" to="10.50.1.10"/>'
     for name, br, third, mode in (("natnet", "vbn", 1, "nat"), ("routenet", "vbr", 2, "route"),
                                   ("isonet", "vbi", 3, "isolated")):
-        p = h.start(net_xml(name, br, third, mode), name)
+        p = h.start(net_xml(name, br, third, mode, inner=forward if mode == "nat" else ""),
+                    name)
         assert p.returncode == 0, p.stderr
     assert sorted(h.active()) == ["isonet", "natnet", "routenet"]
     assert h.vnetfw("check").returncode == 0
@@ -156,6 +159,7 @@ def test_open_networks_are_firewalled_per_their_metadata_with_real_packets(lv_ho
                 (gr, up.name, UP_HOST): (True, "10.50.2.10"),    # routed: kept
                 (gi, up.name, UP_HOST): (False, None),
                 (up.name, gn, "10.50.1.10"): (False, None),      # nat: nothing new in
+                (up.name, gn, UP_HV): (True, UP_HOST),           # ... but the forward
                 (up.name, gr, "10.50.2.10"): (True, UP_HOST),
                 (up.name, gi, "10.50.3.10"): (False, None),
                 (gn, gi, "10.50.3.10"): (False, None),
@@ -163,7 +167,9 @@ def test_open_networks_are_firewalled_per_their_metadata_with_real_packets(lv_ho
                 (gi, gr, "10.50.2.10"): (False, None),           # no leak (default profile)
             }
             probes = {new_probe(s, d, a, proto): w for (s, d, a), w in want.items()
-                      for proto in ("tcp", "udp")}
+                      for proto in ("tcp", "udp")
+                      if proto == "tcp" or a != UP_HV}          # the forward is tcp only
+            probes[new_probe(up.name, gn, UP_HV, "udp")] = (False, None)
             got = run_probes(nss, listeners, probes)
             wrong = {f"{p.proto} {p.src_ns}->{p.addr}": (got[p].reached, got[p].seen)
                      for p, w in probes.items() if (got[p].reached, got[p].seen) != w}
