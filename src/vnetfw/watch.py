@@ -188,6 +188,8 @@ class Watcher:
             # with. A new engine when that changes, since an Engine caches its backend.
             self._engine = Engine(backend="auto", profile=None, netns=self.netns,
                                   state_dir=self.store.dir, hooks_dir=self.hooks_dir)
+            # a check that waits for another vnetfw's commit says so in the log
+            self._engine.waiting = lambda text: self.log(INFO, text.removeprefix("vnetfw: "))
             self._engine_key = key
         return self._engine
 
