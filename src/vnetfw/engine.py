@@ -630,7 +630,7 @@ class Engine:
         command that changes the firewall clears its record.)"""
         if rec is None or not drift or (rec.known and rec.change == state.change):
             return drift
-        return [Change(None, "interrupted", "vnetfw",
+        return [Change(None, "recover", "vnetfw",
                        f"{rec.describe()} did not finish (killed, or its undo failed); the "
                        "next command that changes the firewall finishes or undoes it")] + drift
 

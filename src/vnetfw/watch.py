@@ -57,6 +57,7 @@ from .engine import Engine, drift_text
 from .errors import VnetfwError
 from .firewalld import (FWD_NAME, Firewalld, FirewalldConfig, FirewalldError, bridges_of,
                         firewalld_running)
+from .inflight import ChangeWindow
 from .state import State, StateStore, default_state_dir
 from .linux.dbus import (BUS_NAME, SIGNAL, Bus, DBusError, DBusTransportError)
 from .watch_nl import NftEvent, NftEvents
@@ -217,6 +218,15 @@ class Watcher:
 
     def _evaluate(self, reason: str) -> None:
         state = self.store.load()
+        if not state.networks and ChangeWindow(self.store.dir).pending() is not None:
+            # A first apply (or a teardown...) killed half-way left part of itself: the
+            # reload that finishes or undoes it is a repair like any other.
+            eng = self._engine_for(state)
+            if eng is not None:
+                rep = eng.reload()
+                for w in rep.warnings:
+                    self.log(NOTICE, f"repair: {w}")
+                state = self.store.load()
         if not state.networks:
             self._once("idle", INFO, "no active networks: nothing to guard until "
                                      "'vnetfw apply' (the state file is re-read at every check)")

@@ -9,14 +9,17 @@ is chosen by the wrapper, not by a clock) and then runs the next command.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import time
 
+import jsonschema
 import pytest
 
 from tests.conftest import nsrun
+from vnetfw import output
 from tests.netns.test_readers import clean_env, holding_tools, net_toml, vnetfw_argv
 
 pytestmark = pytest.mark.netns
@@ -133,6 +136,10 @@ def test_a_killed_removal_is_undone(netns, tmp_path):
     kill_after(netns, backend, tmp_path, "iptables-nft-restore", "remove", "n1")
     half = ours(netns, backend)
     assert "vnetfw:n1" not in half["iptables"] and "vnetfw:n1" in half["ip6tables"]
+    doc = json.loads(run(netns, backend, tmp_path, "check", "--json").stdout)
+    jsonschema.Draft202012Validator(output.schema("drift")).validate(doc)
+    assert [d["problem"] for d in doc["drift"]][:2] == ["interrupted", "missing"]
+    assert "remove (pid" in doc["drift"][0]["text"]
     nxt = run(netns, backend, tmp_path, "reload")
     assert "undid an interrupted remove" in nxt.stderr, nxt.stderr
     assert ours(netns, backend) == before
