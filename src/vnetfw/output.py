@@ -249,6 +249,17 @@ def print_status(st: dict[str, Any]) -> None:
     table(("Name", "Mode", "Bridge", "Subnets", "Rules"),
           [(n["name"], n["mode"], n["bridge"] or "-", " ".join(n["subnets"]) or "-",
             str(n["rules"])) for n in st["networks"]])
+    fwd = [(n["name"], f["text"], str(f["packets"])) for n in st["networks"]
+           for f in n.get("port_forwards", ())]
+    if fwd:
+        print()
+        table(("Network", "Port forward", "Connections"), fwd)
+    alw = [(n["name"], a["to"], ",".join(a["ports"]) or "all", ",".join(a["source"]) or "all",
+            f"waiting: {a['to']} is not active" if a["waiting"] else "active")
+           for n in st["networks"] for a in n.get("allows", ())]
+    if alw:
+        print()
+        table(("Network", "Allows into", "Ports", "From", "State"), alw)
 
 
 def print_show(sh: dict[str, Any]) -> None:

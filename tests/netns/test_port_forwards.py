@@ -15,6 +15,7 @@ import os
 
 import pytest
 
+from vnetfw import output
 from vnetfw.engine import Engine
 from vnetfw.errors import BackendError
 from vnetfw.lab import matrix
@@ -256,7 +257,7 @@ def test_allow_waits_for_its_network(lab, eng):
     assert got["after"].reached and got["after"].seen == "10.30.2.10"
 
 
-def test_status_counts_connections_per_forward(lab, eng):
+def test_status_counts_connections_per_forward(lab, eng, capsys):
     eng.apply([BY_NAME["web"]])
     probe(lab, [("a", "up:uplink0", "web/g0", H0[4], 8480, "tcp"),
                 ("b", "up:uplink0", "web/g0", H0[4], 8480, "tcp")])
@@ -266,6 +267,13 @@ def test_status_counts_connections_per_forward(lab, eng):
     untouched = next(f for f in web["port_forwards"]
                      if f["proto"] == "udp" and f["port"] == "8682")
     assert untouched["packets"] == 0
+    # --json validates against the shipped schema; the human form lists the forwards.
+    import jsonschema
+    st = eng.status()
+    jsonschema.validate(output.status_doc(st), output.schema("status"))
+    output.print_status(st)
+    text = capsys.readouterr().out
+    assert f"tcp *:8480 -> 10.30.1.10:{PORT}" in text and "Connections" in text
 
 
 @pytest.mark.parametrize("flavour", ["iptables-nft", "iptables-legacy"])
