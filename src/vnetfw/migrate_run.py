@@ -3,7 +3,8 @@
 Contract: ``migrate(engine_kwargs, networks, adopt, dry_run, drop_libvirt_chains)`` reads the
 live rulesets of both iptables flavours (iptables-nft and iptables-legacy, IPv4 and IPv6),
 finds with ``vnetfw.migrate`` the rules an older layout wrote for exactly these networks
-(builtin chains always; libvirt's ``LIBVIRT_*`` chains with ``adopt``), and then:
+(builtin chains always; libvirt's ``LIBVIRT_*`` chains with ``adopt``, and with ``adopt``
+also libvirt's nftables tables, ``migrate_nft``), and then:
 
 1. applies the networks through the engine (desired state, lock, hooks, backend switching,
    rollback all as ``vnetfw apply``), with the old rules of the *same* iptables flavour
@@ -15,6 +16,9 @@ finds with ``vnetfw.migrate`` the rules an older layout wrote for exactly these 
    backend is nftables), one restore per family with the same rollback. Here the new rules
    are already in place while the old ones go: both enforce the same policy, and a packet
    must pass both (an accept in one base chain never overrides a drop in another).
+3. with ``adopt``, the same for libvirt's own nftables tables (libvirt >= 10.4 with
+   ``firewall_backend = "nftables"``): its rules of these networks go, by handle, in one nft
+   transaction for both families.
 
 ``dry_run`` reads and computes everything and changes nothing. Nothing that is not exactly
 an old product rule of one of the given networks is deleted (see ``vnetfw.migrate``).
@@ -199,7 +203,55 @@ def _migrate(eng: "MigrationEngine", nets: list[Network], modes: tuple[Mode, ...
                 raise BackendError(
                     f"the networks were applied, but removing the old rules from {flavour} "
                     f"failed: {e}. Nothing of them was removed; run vnetfw migrate again") from e
+    if adopt:
+        out.flavours.append(_adopt_libvirt_nft(eng, nets, dry_run, drop_libvirt_chains))
     return out
+
+
+NFT_LIBVIRT = "nftables (libvirt_network)"
+
+
+def _adopt_libvirt_nft(eng: "MigrationEngine", nets: list[Network], dry_run: bool,
+                       drop: bool) -> FlavourResult:
+    """libvirt's nftables backend (libvirt >= 10.4): delete its rules of ``nets`` from the
+    tables ``ip``/``ip6 libvirt_network``, in one nft transaction, once vnetfw's rules are
+    in place (both enforce the same policy meanwhile: a packet must pass both)."""
+    from .migrate_nft import FAMILIES, TABLE, delete_script, find, left_over
+    if eng.runner.which("nft") is None:
+        return FlavourResult(NFT_LIBVIRT, False, Findings(), skipped="nft not installed")
+    try:
+        tables = eng.runner.run(["nft", "list", "tables"])
+    except BackendError as e:
+        return FlavourResult(NFT_LIBVIRT, False, Findings(), skipped=str(e))
+    listings = {fam: eng.runner.run(["nft", "-a", "list", "table", name, TABLE])
+                for fam, name in FAMILIES.items() if f"table {name} {TABLE}" in tables}
+    if not listings:
+        return FlavourResult(NFT_LIBVIRT, False, Findings())
+    found = find(listings, nets)
+    res = FlavourResult(NFT_LIBVIRT, False, Findings(deleted=found))  # type: ignore[arg-type]
+    script = delete_script(found)
+    if left_over(listings, found):
+        res.notes.append(f"{NFT_LIBVIRT}: libvirt's tables keep the rules of networks that "
+                         "were not taken over")
+    elif drop:
+        script += "".join(f"delete table {FAMILIES[f]} {TABLE}\n" for f in listings)
+        res.notes.append(f"{NFT_LIBVIRT}: libvirt's tables were left with no rule and are "
+                         "removed")
+    elif found:
+        res.notes.append(f"{NFT_LIBVIRT}: libvirt's tables are now empty and are kept (a "
+                         "running libvirtd creates them once per daemon start; "
+                         "--drop-libvirt-chains removes them when libvirt is gone)")
+    if script and not dry_run:
+        eng.interrupts.arm()
+        try:
+            eng.runner.run(["nft", "-f", "-"], stdin=script)
+            eng.interrupts.landed()
+        except BackendError as e:
+            raise BackendError(
+                f"the networks were applied, but removing libvirt's rules from its nftables "
+                f"tables failed: {e}. Nothing of them was removed (one nft transaction); run "
+                "vnetfw migrate again") from e
+    return res
 
 
 def print_human(rep: MigrateReport) -> None:
