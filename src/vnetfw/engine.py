@@ -39,6 +39,7 @@ rules of every network).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from dataclasses import dataclass, field, replace
@@ -50,7 +51,8 @@ from .backends.nfgen import Generation
 from .backends.runner import FeedUnavailable, Runner
 from .errors import BackendError, RollbackIncomplete, UsageError
 from . import hooks, interrupts
-from .model import Mode, Network, validate_together
+from .inflight import ChangeWindow, Record, new_change_id, record_for
+from .model import Mode, Network, network_from_dict, validate_together
 from .plan import (PROFILES, Profile, allowing, network_rules, peers_of, plan, plan_networks,
                    plan_some, waiting_allows)
 from .ruleset import Rule, Ruleset
@@ -169,6 +171,12 @@ class Engine:
         self.hooks_dir = Path(os.path.abspath(
             hooks_dir if hooks_dir is not None
             else os.environ.get("VNETFW_HOOKS_DIR", DEFAULT_HOOKS_DIR)))
+        # From the first commit until the state records it: ``inflight``
+        self.window = ChangeWindow(self.store.dir)
+        self._intent: Callable[[], Record] | None = None    # the record a commit writes
+        self._landed = False                # a commit of this command went through
+        # How a reader (check, status) says that it waits for another vnetfw's commit
+        self.waiting: Callable[[str], None] = interrupts.say
 
     # -- helpers ------------------------------------------------------------------------
     def backend_for(self, state: State, find: bool = False) -> Backend:
@@ -336,6 +344,7 @@ class Engine:
                 refused = e
             else:
                 self.interrupts.landed()
+                self._landed = True
                 report.changes += cs.items
                 return backend.generation_after(cs, g0)
         if callable(desired):
@@ -389,6 +398,7 @@ class Engine:
         Ctrl-C held back until the command is done (``interrupts``). While they are still
         planned, nothing is committed and Ctrl-C stops the load at once."""
         yield from networks
+        self._enter_window()
         self.interrupts.arm()
 
     def _commit_diff(self, backend: Backend, live: Any, desired: Ruleset | None, scope: Scope,
@@ -403,6 +413,7 @@ class Engine:
             report.changes += cs.items
             report.applied = not dry_run
             return g0 if cs.empty else None
+        self._enter_window()
         self.interrupts.arm()
         try:
             backend.commit(live, cs)
@@ -412,6 +423,7 @@ class Engine:
             self.interrupts.abandon()      # undone; whatever comes next reads again
             raise
         self.interrupts.landed()
+        self._landed = True
         report.changes += cs.items
         return backend.generation_after(cs, g0)
 
@@ -439,6 +451,8 @@ class Engine:
         state.prefix = profile.prefix
         state.networks = networks
         state.generation = generation
+        if self.window.record is not None:      # a change is in flight: this records it
+            state.change = self.window.record.change
         self.store.save(state)
 
     def _zones(self, before: dict[str, Network], after: dict[str, Network],
@@ -464,13 +478,169 @@ class Engine:
                "VNETFW_STATE_DIR": os.path.abspath(self.store.dir)}
         report.hook_failures += hooks.run(self.runner, found, events, env)
 
+    # -- the change in flight (``inflight``) ---------------------------------------------
+    @contextlib.contextmanager
+    def _changing(self, dry_run: bool) -> Iterator[State]:
+        """A command that may change the firewall: the state lock; Ctrl-C held back from
+        its first commit (``interrupts``); the state, after a change that a dead writer
+        left in flight is finished or undone (``_recover``; a dry run only says it is
+        pending). The command declares what it would record (``_intend``) and ends the
+        window once it has (``window.close``). If it fails after its first commit, the
+        record stays unless the failure undid everything (a refused commit, rolled back,
+        and nothing of this command landed before it): the next command sees it."""
+        with self.store.lock(), self.interrupts:
+            self._landed = False
+            self._recovery = None
+            state = self.store.load()
+            if (rec := self.window.pending()) is not None:
+                if dry_run:
+                    self._recovery = Report("recover", rec.backend or "?", warnings=[
+                        f"an interrupted {rec.describe()} is pending: the next command "
+                        "that changes the firewall finishes or undoes it"])
+                else:
+                    state = self._recover(state, rec)
+            try:
+                yield state
+            except BaseException as e:
+                undone = isinstance(e, BackendError) \
+                    and not isinstance(e, RollbackIncomplete) and not self._landed
+                self.window.close(keep=not undone)
+                raise
+            finally:
+                self._intent = None
+                self.window.close()
+
+    def _intend(self, command: str, state: State, backend: Backend, profile: Profile,
+                after: "dict[str, Network] | Callable[[], dict[str, Network]]",
+                layout: bool = True) -> None:
+        """What this command records once its change is done: the record written right
+        before its first commit (``after`` may be a function: apply's networks are all
+        read by then)."""
+        self._intent = lambda: record_for(command, state, backend.name, profile.name,
+                                          profile.prefix, after() if callable(after) else after,
+                                          layout)
+
+    def _enter_window(self) -> None:
+        """Right before a commit: from here readers wait until the state records it, and
+        the record of the change in flight is on disk."""
+        if self._intent is None:
+            raise AssertionError("a commit outside a command that changes the firewall")
+        self.window.open(self._intent)
+
+    def _report(self, action: str, backend: str, **kw: Any) -> Report:
+        """The command's report, starting with what finishing or undoing an interrupted
+        change took (``_recover``)."""
+        rep = Report(action, backend, **kw)
+        if self._recovery is not None:
+            rep.changes += self._recovery.changes
+            rep.warnings += self._recovery.warnings
+        return rep
+
+    def _profile_of(self, st: State) -> Profile:
+        name = st.profile if st.profile in PROFILES else "default"
+        prefix = st.prefix if st.prefix and st.prefix != PROFILES[name].prefix else None
+        return resolve_profile(name, prefix)
+
+    def _recover(self, state: State, rec: Record) -> State:
+        """Finish or undo ``rec``, a change whose writer is gone (killed, or stopped by an
+        undo that failed) before it recorded itself, so that no part of it outlives the
+        start of this command. Finished: the firewall holds all of it and only the state
+        did not say so; it is recorded, the firewall untouched. Otherwise undone: the
+        firewall is made the recorded state again (on iptables it may hold some tables or
+        one family of the change), and whatever backend or prefix the change moved to is
+        cleared. Which, and what it took, goes into this command's report. Returns the
+        state the command goes on from."""
+        rep = Report("recover", state.backend or rec.backend or "?")
+        self._recovery = rep
+        what = rec.describe()
+        if rec.known and rec.change == state.change:
+            self.window.discard()       # it recorded itself; only the record was left
+            return state
+        self._intent = lambda: rec      # the window keeps this very record until done
+        after = self._after_of(state, rec)
+        if after is not None and self._holds(after, rec, state):
+            self.window.open(self._intent)
+            self.store.save(after)
+            self.window.close()
+            rep.warnings.append(f"an interrupted {what} had landed whole: recorded it as "
+                                "done (the firewall was not changed)")
+            return self.store.load()
+        gen: Generation | None = None
+        if state.backend in BACKENDS:
+            b = get_backend(state.backend, self.runner)
+            prof = self._profile_of(state)
+            gen = self._sync(b, plan(state.networks.values(), prof), "full", False, rep,
+                             prof.prefix)
+        went = (rec.backend, rec.prefix)
+        if rec.known and rec.backend in BACKENDS and rec.prefix \
+                and went != (state.backend, state.prefix):
+            self._sync(get_backend(rec.backend, self.runner), None, "teardown", False, rep,
+                       prefix=rec.prefix, g0=None)
+            gen = None
+        self.window.open(self._intent)
+        state.generation = gen
+        state.change = new_change_id()      # not the change's: it did not happen
+        self.store.save(state)
+        self.window.close()
+        n = len(rep.changes)
+        rep.warnings.append(f"undid an interrupted {what}: " +
+                            (f"{n} change(s) put the recorded state back" if n
+                             else "it had changed nothing"))
+        self._intent = None
+        return self.store.load()
+
+    @staticmethod
+    def _after_of(state: State, rec: Record) -> State | None:
+        """The state ``rec`` would have recorded, if it was computed from ``state`` and
+        can be read."""
+        if not rec.known or rec.before != state.change or rec.backend not in BACKENDS \
+                or rec.profile not in PROFILES:
+            return None
+        nets = {k: v for k, v in state.networks.items() if k not in rec.drop}
+        try:
+            nets.update((n.name, n) for n in map(network_from_dict, rec.networks))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+        return State(rec.backend, rec.profile, rec.prefix, nets, None, rec.change)
+
+    def _holds(self, after: State, rec: Record, before: State) -> bool:
+        """Does the live firewall hold all of the change to ``after``, and nothing of what
+        it changed from (another backend or prefix it moved the networks away from)?"""
+        b = get_backend(after.backend or "", self.runner)
+        prof = self._profile_of(after)
+        live = b.read()
+        if rec.layout:
+            if not b.changes(live, plan(after.networks.values(), prof), "full").empty:
+                return False
+        elif not b.changes(live, None, "teardown", prefix=prof.prefix).empty:
+            return False
+        if before.backend in BACKENDS and (before.backend, before.prefix) != \
+                (after.backend, after.prefix):
+            old = get_backend(before.backend, self.runner)
+            if not old.changes(old.read(), None, "teardown",
+                               prefix=before.prefix or prof.prefix).empty:
+                return False
+        return True
+
+    @staticmethod
+    def _interrupted(rec: Record | None, state: State, drift: list[Change]) -> list[Change]:
+        """For check and status: ``drift``, headed by the change left in flight that it
+        comes from, named as such. (A change that left no drift, because it was stopped
+        before it committed anything or it had recorded itself, is no news: the next
+        command that changes the firewall clears its record.)"""
+        if rec is None or not drift or (rec.known and rec.change == state.change):
+            return drift
+        return [Change(None, "recover", "vnetfw",
+                       f"{rec.describe()} did not finish (killed, or its undo failed); the "
+                       "next command that changes the firewall finishes or undoes it")] + drift
+
     # -- commands -----------------------------------------------------------------------
     def setup(self, dry_run: bool = False) -> Report:
         """Create missing private chains and jumps; repair jump order. Rules are untouched."""
-        with self.store.lock(), self.interrupts:
-            state = self.store.load()
+        with self._changing(dry_run) as state:
             b = self.backend_for(state)
-            rep = Report("setup", b.name, applied=not dry_run)
+            rep = self._report("setup", b.name, applied=not dry_run)
+            self._intend("setup", state, b, self.profile_for(state), state.networks)
             self._sync(b, plan((), self.profile_for(state)), "setup", dry_run, rep)
             return rep
 
@@ -485,8 +655,7 @@ class Engine:
         goes to the backend as soon as it is read (``_sync``'s ``fresh``), and all are
         checked together before the backend's process sees the end of its input: a bad
         definition met half-way loads nothing, like one met first."""
-        with self.store.lock(), self.interrupts:
-            state = self.store.load()
+        with self._changing(dry_run) as state:
             b = self.backend_for(state)
             prof = self.profile_for(state)
             # New networks load in the order they come: a collection sorted by name, like
@@ -529,7 +698,8 @@ class Engine:
                 yield from ((k, network_rules(n, prof, peers_of(n, every)))
                             for k, n in sorted(every.items()) if k not in done)
 
-            rep = Report("sync" if exact else "apply", b.name, applied=not dry_run)
+            rep = self._report("sync" if exact else "apply", b.name, applied=not dry_run)
+            self._intend("sync" if exact else "apply", state, b, prof, everything)
             if self._last_commit_was(state, b, prof):
                 everything()        # likely unchanged or a small change: read all files
                                     # while the prefetched generation arrives
@@ -549,6 +719,7 @@ class Engine:
             if not dry_run:
                 old = dict(state.networks)
                 self._save(state, b, prof, everything(), gen)
+                self.window.close()
                 self._zones(old, merged, rep)
                 self._run_hooks(found, b,
                                 [(n, "updated" if n.name in old else "added") for n in nets
@@ -579,8 +750,7 @@ class Engine:
 
     def remove(self, names: Iterable[str], dry_run: bool = False) -> Report:
         names = list(dict.fromkeys(names))
-        with self.store.lock(), self.interrupts:
-            state = self.store.load()
+        with self._changing(dry_run) as state:
             unknown = [n for n in names if n not in state.networks]
             if unknown:
                 raise UsageError("remove", f"not active: {', '.join(unknown)} (active: "
@@ -588,8 +758,9 @@ class Engine:
             b = self.backend_for(state)
             prof = self.profile_for(state)
             kept = {k: v for k, v in state.networks.items() if k not in names}
-            rep = Report("remove", b.name, networks=sorted(names), applied=not dry_run)
+            rep = self._report("remove", b.name, networks=sorted(names), applied=not dry_run)
             found = self.find_hooks(dry_run)
+            self._intend("remove", state, b, prof, kept)
             gen = self._sync(b, lambda: plan(kept.values(), prof), "full", dry_run, rep,
                              partial=self._partial(state, b, prof, kept))
             if self._switch_away(state, b, prof, dry_run, rep):
@@ -598,6 +769,7 @@ class Engine:
                 before = dict(state.networks)
                 gone = [state.networks[n] for n in names]
                 self._save(state, b, prof, kept, gen)
+                self.window.close()
                 self._zones(before, kept, rep)
                 self._run_hooks(found, b, [(n, "removed") for n in gone], rep)
             return rep
@@ -606,17 +778,19 @@ class Engine:
         """Repair everything from the desired state in one atomic step: the layout (chains,
         jumps, their order) and every active network's rules. What had to be fixed is the
         report's ``changes``; hooks get ``reloaded`` when anything was repaired."""
-        with self.store.lock(), self.interrupts:
-            state = self.store.load()
+        with self._changing(dry_run) as state:
             b = self.backend_for(state, find=True)
             prof = self.profile_for(state)
-            rep = Report("reload", b.name, networks=sorted(state.networks), applied=not dry_run)
+            rep = self._report("reload", b.name, networks=sorted(state.networks),
+                               applied=not dry_run)
             if not state.networks:
                 # No desired state (never applied, or torn down): nothing to repair, and
                 # nothing to re-create. (A layout left by 'setup' or by removing the last
-                # network is not guarded either: see ``check``.)
+                # network is not guarded either: see ``check``.) A change left in flight
+                # was dealt with above.
                 return rep
             found: list[str] = []
+            self._intend("reload", state, b, prof, state.networks)
             if self._untouched(state, b, prof, state.networks):
                 gen = state.generation
             else:
@@ -629,6 +803,7 @@ class Engine:
             if not dry_run and ((state.backend, state.prefix, state.generation)
                                 != (b.name, prof.prefix, gen)):
                 self._save(state, b, prof, state.networks, gen)
+            self.window.close()
             if not dry_run:     # idempotent: restores zones after a firewalld restart
                 self._zones(state.networks, state.networks, rep)
             if rep.changed and not dry_run:
@@ -638,22 +813,37 @@ class Engine:
 
     def check(self) -> list[Change]:
         """Every difference between the live firewall and the desired state (empty: clean).
-        Read-only; phrase them with ``drift_text``.
+        Read-only; phrase them with ``drift_text``. The state and the firewall are read
+        while no other vnetfw is between a commit and its recorded state (``inflight``): a
+        change in progress is seen before or after, never half-way. A change whose writer
+        died on the way heads the drift it left, as ``interrupted``.
 
         No active networks (never applied, torn down, or every one removed) is no desired
         state: clean, without reading the firewall, as ``watch`` sees it ("nothing to
         guard") and as ``reload`` acts on it (nothing to re-create). Except with no state
         at all (lost, or another state dir) while vnetfw's chains are live: the rules of
-        networks no state names are reported (``_leftovers``)."""
-        state = self.store.load()
-        if not state.networks:
-            return self._leftovers(state)
-        b = self.backend_for(state)
-        prof = self.profile_for(state)
-        if self._untouched(state, b, prof, state.networks):
+        networks no state names are reported (``_leftovers``); and what a change killed on
+        its way there left of vnetfw's is drift (``_left_by``)."""
+        def read(rec: Record | None) -> list[Change]:
+            state = self.store.load()
+            if not state.networks:
+                return self._interrupted(rec, state,
+                                         self._left_by(rec) or self._leftovers(state))
+            b = self.backend_for(state)
+            prof = self.profile_for(state)
+            if self._untouched(state, b, prof, state.networks):
+                return []
+            desired = plan(state.networks.values(), prof)
+            return self._interrupted(rec, state, b.changes(b.read(), desired, "full").items)
+        return self.window.steadily(read, waiting=self.waiting)
+
+    def _left_by(self, rec: Record | None) -> list[Change]:
+        """With no active networks: what of vnetfw's a change in flight left live (where
+        it went; nothing if there is no such change)."""
+        if rec is None or not rec.known or rec.backend not in BACKENDS or not rec.prefix:
             return []
-        desired = plan(state.networks.values(), prof)
-        return b.changes(b.read(), desired, "full").items
+        b = get_backend(rec.backend, self.runner)
+        return b.changes(b.read(), None, "teardown", prefix=rec.prefix).items
 
     def _leftovers(self, state: State) -> list[Change]:
         """With no state on record and ``auto``: the rules of networks that the backend
@@ -669,42 +859,52 @@ class Engine:
 
     def teardown(self, dry_run: bool = False) -> Report:
         """Remove every chain, jump and rule vnetfw owns (and nothing else); forget networks."""
-        with self.store.lock(), self.interrupts:
-            state = self.store.load()
+        with self._changing(dry_run) as state:
             b = self.backend_for(state, find=True)
             prof = self.profile_for(state)
-            rep = Report("teardown", b.name, networks=sorted(state.networks),
-                         applied=not dry_run)
+            rep = self._report("teardown", b.name, networks=sorted(state.networks),
+                               applied=not dry_run)
             found = self.find_hooks(dry_run)
+            self._intend("teardown", state, b, prof, {}, layout=False)
             self._sync(b, None, "teardown", dry_run, rep, prefix=state.prefix or prof.prefix,
                        g0=None)                 # not recorded: no generation to read
             if not dry_run:
                 before = dict(state.networks)
                 gone = list(before.values())
                 self._save(state, b, prof, {}, None)    # the layout is gone too: unknown
+                self.window.close()
                 self._zones(before, {}, rep)
                 self._run_hooks(found, b, [(n, "removed") for n in gone], rep)
             return rep
 
     def status(self) -> dict[str, Any]:
-        """Active networks and whether the live firewall matches them (read-only, no lock
-        needed: a concurrent writer replaces the state file atomically)."""
-        state = self.store.load()
-        b = self.backend_for(state, find=True)
-        prof = self.profile_for(state)
-        desired = plan(state.networks.values(), prof)
-        live = None
-        if state.networks and not self._untouched(state, b, prof, state.networks):
-            live = b.read()
-        drift = self._leftovers(state) if not state.networks \
-            else [] if live is None else b.changes(live, desired, "full").items
+        """Active networks and whether the live firewall matches them (read-only; read
+        like ``check``: before or after another vnetfw's change, never half-way)."""
+        def read(rec: Record | None) -> tuple:
+            state = self.store.load()
+            b = self.backend_for(state, find=True)
+            prof = self.profile_for(state)
+            desired = plan(state.networks.values(), prof)
+            live = None
+            if not state.networks:              # none: clean, or leftovers (``check``)
+                drift = self._interrupted(rec, state,
+                                          self._left_by(rec) or self._leftovers(state))
+            elif self._untouched(state, b, prof, state.networks):
+                drift = []
+            else:
+                live = b.read()
+                drift = self._interrupted(rec, state, b.changes(live, desired, "full").items)
+            counters: dict[Rule, tuple[int, int]] = {}
+            if any(n.port_forwards for n in state.networks.values()) \
+                    and hasattr(b, "forward_counters"):
+                counters = b.forward_counters(live if live is not None else b.read(),
+                                              prof.prefix)
+            return state, b, prof, desired, drift, counters
+        state, b, prof, desired, drift, counters = self.window.steadily(read,
+                                                                        waiting=self.waiting)
         per_net: dict[str, int] = {}
         for r in desired.rules:
             per_net[r.network] = per_net.get(r.network, 0) + 1
-        counters: dict[Rule, tuple[int, int]] = {}
-        if any(n.port_forwards for n in state.networks.values()) \
-                and hasattr(b, "forward_counters"):
-            counters = b.forward_counters(live if live is not None else b.read(), prof.prefix)
         return {
             "backend": b.name, "profile": prof.name, "prefix": prof.prefix,
             "state_dir": str(self.store.dir), "desired": bool(state.networks),

@@ -6,7 +6,8 @@ holds the lock, as the kernel knows it (``lock_holders``); ``load()`` returns th
 ``State`` (empty if none); ``save()`` replaces it atomically (write to a temporary file, fsync, rename), so a
 crash leaves either the old or the new state, never half of one.
 
-Layout: ``<state_dir>/state.json`` and ``<state_dir>/lock``. The default state dir is
+Layout: ``<state_dir>/state.json`` and ``<state_dir>/lock``; ``inflight`` adds
+``commit.lock`` and, while a change is in flight, ``inflight.json``. The default state dir is
 ``/var/lib/vnetfw``; with ``--netns NAME`` and no explicit state dir it is
 ``/var/lib/vnetfw/netns/NAME``, because each namespace has its own firewall.
 
@@ -66,6 +67,10 @@ class State:
     # generation id, or the x_tables fingerprint on iptables-legacy (None: unknown). While
     # the live one equals it, nothing has changed.
     generation: Generation | None = None
+    # Which change wrote this state (``inflight``): a record of a change in flight says
+    # the state it started from and the one it writes, so the next command can tell
+    # whether it got as far as recording itself.
+    change: str | None = None
     # Each network as read from the file, with the object made of it: a network that is
     # still that very object is written back as read (1,000 networks: ~2 ms of to_dict).
     loaded: dict[str, tuple[Network, dict]] = field(default_factory=dict, repr=False,
@@ -78,6 +83,7 @@ class State:
         return {"version": FORMAT_VERSION, "backend": self.backend, "profile": self.profile,
                 "prefix": self.prefix, "vnetfw": __version__,
                 "generation": list(self.generation) if self.generation else None,
+                "change": self.change,
                 "networks": [form(self.networks[k]) for k in sorted(self.networks)]}
 
 
@@ -221,8 +227,9 @@ class StateStore:
             # Edited since vnetfw wrote it: the generation no longer vouches for these
             # networks (a network taken out by hand would keep its rules live unseen).
             gen = None
+        change = d.get("change")
         return State(d.get("backend"), d.get("profile"), d.get("prefix"),
-                     {n.name: n for n in nets}, gen,
+                     {n.name: n for n in nets}, gen, change if isinstance(change, str) else None,
                      {n.name: (n, r) for n, r in zip(nets, raw_nets)})
 
     def save(self, state: State) -> None:

@@ -57,6 +57,7 @@ from .engine import Engine, drift_text
 from .errors import VnetfwError
 from .firewalld import (FWD_NAME, Firewalld, FirewalldConfig, FirewalldError, bridges_of,
                         firewalld_running)
+from .inflight import ChangeWindow
 from .state import State, StateStore, default_state_dir
 from .linux.dbus import (BUS_NAME, SIGNAL, Bus, DBusError, DBusTransportError)
 from .watch_nl import NftEvent, NftEvents
@@ -188,6 +189,8 @@ class Watcher:
             # with. A new engine when that changes, since an Engine caches its backend.
             self._engine = Engine(backend="auto", profile=None, netns=self.netns,
                                   state_dir=self.store.dir, hooks_dir=self.hooks_dir)
+            # a check that waits for another vnetfw's commit says so in the log
+            self._engine.waiting = lambda text: self.log(INFO, text.removeprefix("vnetfw: "))
             self._engine_key = key
         return self._engine
 
@@ -215,6 +218,15 @@ class Watcher:
 
     def _evaluate(self, reason: str) -> None:
         state = self.store.load()
+        if not state.networks and ChangeWindow(self.store.dir).pending() is not None:
+            # A first apply (or a teardown...) killed half-way left part of itself: the
+            # reload that finishes or undoes it is a repair like any other.
+            eng = self._engine_for(state)
+            if eng is not None:
+                rep = eng.reload()
+                for w in rep.warnings:
+                    self.log(NOTICE, f"repair: {w}")
+                state = self.store.load()
         if not state.networks:
             self._once("idle", INFO, "no active networks: nothing to guard until "
                                      "'vnetfw apply' (the state file is re-read at every check)")

@@ -86,12 +86,15 @@ def test_the_engine_arms_a_vacant_load_only_after_its_last_network():
     from vnetfw.engine import Engine
     eng = Engine.__new__(Engine)
     eng.interrupts = Deferral()
+    opened = []
+    eng._enter_window = lambda: opened.append(eng.interrupts._armed)
     gen = eng._then_arm(iter([("a", ()), ("b", ())]))
     assert [next(gen), next(gen)] == [("a", ()), ("b", ())]
     assert not eng.interrupts._armed          # the last one planned, not yet taken
     with pytest.raises(StopIteration):
         next(gen)
     assert eng.interrupts._armed
+    assert opened == [False]        # the record of the change is written before that
     eng.interrupts.abandon()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -105,3 +106,32 @@ def test_a_generation_is_trusted_only_in_the_file_as_vnetfw_wrote_it(tmp_path):
     del st.networks["b"]
     store.save(st)
     assert store.load().generation == gen and list(store.load().networks) == ["a"]
+
+
+def test_a_torn_record_of_a_change_in_flight_reads_as_unknown(tmp_path):
+    from vnetfw.inflight import ChangeWindow, Record
+    w = ChangeWindow(tmp_path)
+    assert w.pending() is None
+    (tmp_path / "inflight.json").write_text('{"command": "apply", "pid": 12')
+    rec = w.pending()
+    assert rec is not None and not rec.known and "unreadable" in rec.describe()
+
+
+def test_the_change_window_writes_its_record_once_and_keeps_a_dead_writers(tmp_path):
+    from vnetfw.inflight import ChangeWindow, record_for
+    store = StateStore(tmp_path)
+    w = ChangeWindow(tmp_path)
+    made = []
+
+    def rec():
+        made.append(1)
+        return record_for("apply", store.load(), "nftables", "default", "VNETFW", {})
+    w.open(rec)
+    w.open(rec)
+    assert made == [1] and w.pending().command == "apply"
+    w.close(keep=True)                      # as a writer that died would leave it
+    w2 = ChangeWindow(tmp_path)
+    w2.open(rec)                            # a recovery keeps the record it works on
+    assert made == [1] and w2.record.pid == os.getpid()
+    w2.close()
+    assert w2.pending() is None

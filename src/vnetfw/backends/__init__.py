@@ -88,7 +88,9 @@ class Change(NamedTuple):
 # A Change says what a sync does (its ``what``: the repair); as drift, what is wrong now.
 PROBLEMS = {"create": "missing", "add": "missing", "insert": "missing",
             "delete": "unexpected", "move": "misplaced", "replace": "differs",
-            "reset": "differs", "rebuild": "differs"}
+            "reset": "differs", "rebuild": "differs",
+            # a change whose writer died half-way (``inflight``): finished or undone
+            "recover": "interrupted"}
 
 
 @dataclass
