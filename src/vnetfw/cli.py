@@ -17,8 +17,8 @@ import sys
 from typing import Any, Callable, NoReturn
 
 from . import output
+from .backends import registry as backend_registry
 
-BACKEND_CHOICES = ("auto", "nftables", "iptables", "iptables-nft", "iptables-legacy")
 EXAMPLES = """\
 examples:
   vnetfw render net.xml                      show what apply would load (no root needed)
@@ -40,7 +40,7 @@ def _global_options(parser: argparse.ArgumentParser, top: bool,
     # not overwritten by the subparser's default.
     d = (lambda v: v) if top else (lambda v: argparse.SUPPRESS)
     g = parser.add_argument_group("global options")
-    g.add_argument("--backend", choices=BACKEND_CHOICES,
+    g.add_argument("--backend", choices=backend_registry.CHOICES,
                    default=d(os.environ.get("VNETFW_BACKEND", "auto")),
                    help="firewall backend (default: $VNETFW_BACKEND or auto: nftables if "
                         "usable, else iptables; auto keeps the backend of active networks)")
@@ -301,10 +301,7 @@ def cmd_render(a):
     from .sources import load_paths
     nets = load_paths(a.paths)
     desired = plan(nets, resolve_profile(a.profile or "default", a.prefix))
-    name = a.backend
-    if name == "auto":
-        name = "nftables" if _nft_importable() else "iptables"
-    backend = get_backend(name, Runner(None))
+    backend = get_backend(backend_registry.unprobed(a.backend), Runner(None))
     fam = {"ipv4": 4, "ipv6": 6, None: None}[a.family]
     text = backend.render(desired, fam)
     if a.json:
@@ -313,14 +310,6 @@ def cmd_render(a):
     else:
         output.write(text)
     return 0
-
-
-def _nft_importable() -> bool:
-    try:
-        from .backends import nftables  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def cmd_demo(a):

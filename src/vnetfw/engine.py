@@ -46,7 +46,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Collection, Iterable, Iterator, NamedTuple, Sequence
 
-from .backends import BACKENDS, Backend, Change, Scope, get_backend
+from .backends import Backend, Change, Scope, get_backend
+from .backends.registry import AUTO, AUTO_ORDER, NAMES, requested
 from .backends.nfgen import Generation
 from .backends.runner import FeedUnavailable, Runner
 from .errors import BackendError, RollbackIncomplete, UsageError
@@ -186,10 +187,8 @@ class Engine:
         is the backend whose live firewall holds vnetfw's layout (``_found_live``), so
         that they look where vnetfw's rules are, not at nftables by default."""
         if self._backend is None:
-            name = self._backend_name
-            if name == "auto" and state.backend:
-                name = state.backend
-            elif name == "auto" and find:
+            name = requested(self._backend_name, lambda: state.backend)
+            if name == AUTO and find:
                 self._found = self._found_live(self.profile_for(state).prefix)
                 name = self._found or name
             self._backend = get_backend(name, self.runner)
@@ -205,7 +204,7 @@ class Engine:
         """The first backend, in the order ``auto`` prefers them, whose live firewall holds
         the prefix's layout (``Backend.holds``); None if none does. Costs a read of each
         (x_tables: none where no table is loaded), on the rare path with no state."""
-        for name in ("nftables", "iptables-nft", "iptables-legacy"):
+        for name in AUTO_ORDER:
             try:
                 if get_backend(name, self.runner).holds(prefix):
                     return name
@@ -252,10 +251,8 @@ class Engine:
         matches only costs a readback. Only a backend named or recorded is prefetched."""
         def work() -> None:
             try:
-                name = self._backend_name
-                if name == "auto":
-                    name = self.store.recorded_backend() or ""
-                if name in BACKENDS:
+                name = requested(self._backend_name, self.store.recorded_backend)
+                if name in NAMES:
                     self._prefetched = (name, get_backend(name, self.runner).generation())
             except Exception:   # noqa: BLE001 - a prefetch never fails a command
                 self._prefetched = None
@@ -850,7 +847,7 @@ class Engine:
         holding vnetfw's layout carries (``backend_for(find=True)``), which no state names.
         Nothing when no backend holds any (a namespace vnetfw never set up: no read beyond
         that search) or the state names a backend (its networks were all removed)."""
-        if state.backend or self._backend_name != "auto":
+        if requested(self._backend_name, lambda: state.backend) != AUTO:
             return []
         b = self.backend_for(state, find=True)
         if self._found is None:

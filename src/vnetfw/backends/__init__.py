@@ -25,20 +25,17 @@ Every backend offers the same small contract, so the engine never knows which on
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Literal, NamedTuple, Sequence
 
 from ..errors import BackendError
-from ..ruleset import Family, Rule, Ruleset
-from .runner import Runner
+from .registry import get_backend  # noqa: F401 - the package's entry: a backend by name
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:               # (annotations only: the CLI imports this package for --help)
+    from ..ruleset import Family, Rule, Ruleset
     from .nfgen import Generation
+    from .runner import Runner
 
 Scope = Literal["setup", "full", "teardown"]
-
-IPTABLES_FLAVOURS = ("iptables-nft", "iptables-legacy", "iptables")
-BACKENDS = IPTABLES_FLAVOURS + ("nftables",)
 
 
 class Change(NamedTuple):
@@ -93,12 +90,24 @@ PROBLEMS = {"create": "missing", "add": "missing", "insert": "missing",
             "recover": "interrupted"}
 
 
-@dataclass
 class ChangeSet:
-    """Changes plus the backend's own payload that ``commit`` executes."""
+    """Changes plus the backend's own payload that ``commit`` executes.
 
-    items: list[Change] = field(default_factory=list)
-    payload: Any = None
+    (A plain class rather than a dataclass: the CLI imports this package for ``--help``,
+    and the dataclasses module would add its import, ~5 ms, to every start.)"""
+
+    __slots__ = ("items", "payload")
+
+    def __init__(self, items: list[Change] | None = None, payload: Any = None) -> None:
+        self.items: list[Change] = [] if items is None else items
+        self.payload = payload
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ChangeSet) and (self.items, self.payload) == (
+            other.items, other.payload)
+
+    def __repr__(self) -> str:
+        return f"ChangeSet(items={self.items!r}, payload={self.payload!r})"
 
     @property
     def empty(self) -> bool:
@@ -229,27 +238,3 @@ class Backend:
             return genid(self._netns_path())
         except OSError:
             return None
-
-
-def get_backend(name: str, runner: Runner) -> Backend:
-    """Instantiate a backend by name; ``auto`` picks nftables when usable, else iptables."""
-    if name in IPTABLES_FLAVOURS:
-        from .iptables import IptablesBackend
-        return IptablesBackend(runner, flavour=name)
-    if name == "nftables":
-        try:
-            from .nftables import NftablesBackend
-        except ImportError:
-            raise BackendError("the nftables backend is not available in this build") from None
-        return NftablesBackend(runner)
-    if name == "auto":
-        try:
-            from .nftables import NftablesBackend
-            nb = NftablesBackend(runner)
-            if nb.available() is None:
-                return nb
-        except ImportError:
-            pass
-        from .iptables import IptablesBackend
-        return IptablesBackend(runner, flavour="iptables")
-    raise BackendError(f"unknown backend {name!r} (expected auto, {', '.join(BACKENDS)})")
