@@ -42,6 +42,7 @@ often than the periodic check (or half the watchdog period).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import select
@@ -53,6 +54,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from .backends import Backend, get_backend
+from .backends.registry import NAMES
+from .backends.runner import Runner
 from .engine import Engine, drift_text
 from .errors import VnetfwError
 from .firewalld import (FWD_NAME, Firewalld, FirewalldConfig, FirewalldError, bridges_of,
@@ -72,7 +76,6 @@ DEFAULT_DEBOUNCE = 0.1
 MAX_DELAY = 0.5
 MAX_BACKOFF = 60.0
 MAX_ROUNDS = 4                  # repair + verify rounds per trigger
-IPTABLES_TABLES = frozenset({"filter", "nat", "mangle"})
 
 
 class Log:
@@ -122,20 +125,18 @@ class WatchOptions:
 
 
 def relevant(ev: NftEvent, backend: str | None) -> bool:
-    """Does this notification concern the tables ``backend`` writes?"""
+    """Does this notification concern the tables ``backend`` writes? The backend says; one
+    not known yet (None, ``auto``) may write any."""
     if ev.what == "gen":
         return False
-    if backend == "iptables-legacy":
-        return False
-    if backend in ("iptables-nft", "iptables"):
-        return ev.family in ("ip", "ip6") and ev.table in IPTABLES_TABLES
-    if backend == "nftables":
-        try:
-            from .backends.nft_layout import NFT_FAMILY, is_vnetfw_table
-        except ImportError:
-            return True
-        return ev.family == NFT_FAMILY and is_vnetfw_table(ev.table)
-    return True
+    if backend not in NAMES:
+        return True
+    return _named(backend).writes_nf_table(ev.family, ev.table)
+
+
+@functools.lru_cache(maxsize=None)
+def _named(backend: str) -> Backend:
+    return get_backend(backend, Runner(None))       # no process: only names are asked
 
 
 class Watcher:

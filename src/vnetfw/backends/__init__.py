@@ -168,6 +168,12 @@ class Backend:
         what the kernel refuses."""
         return None
 
+    def writes_nf_table(self, family: str, table: str) -> bool:
+        """Is nf_tables table ``family``/``table`` one this backend writes? (``vnetfw watch``
+        tells its own tables' notifications from others' with it; a backend that cannot
+        say answers True: any change may be its.)"""
+        return True
+
     def assumed_live(self, committed: Ruleset) -> Any:
         """A stand-in for ``read()`` when the live state provably is what vnetfw last
         committed (the engine checks the generation), restricted to some networks:

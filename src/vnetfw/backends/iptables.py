@@ -701,6 +701,12 @@ class IptablesBackend(Backend):
                     return f"{prog} not found (apt-get install iptables)"
         return None
 
+    def writes_nf_table(self, family: str, table: str) -> bool:
+        # iptables-nft writes nf_tables tables of family ip/ip6 named as its own tables;
+        # iptables-legacy writes x_tables, which send no nf_tables notifications. The
+        # system's "iptables" is taken as nft here: legacy's silence makes that harmless.
+        return self.name != "iptables-legacy" and family in ("ip", "ip6") and table in TABLES
+
     # -- reading ----------------------------------------------------------------------
     def read(self) -> IptLive:
         if (why := self.available()) is not None:

@@ -346,6 +346,9 @@ class NftablesBackend(Backend):
             return f"the kernel refused an nftables probe table ({e})"
         return None
 
+    def writes_nf_table(self, family: str, table: str) -> bool:
+        return family == NFT_FAMILY and is_vnetfw_table(table)
+
     def generation(self):
         return self._nf_generation()
 
