@@ -926,12 +926,17 @@ class Engine:
         b = self.backend_for(state)
         prof = self.profile_for(state)
         live = b.read()
-        drift = [c for c in b.changes(live, plan(state.networks.values(), prof), "full").items
-                 if c.network == name]
+        desired = plan(state.networks.values(), prof)
+        drift = [c for c in b.changes(live, desired, "full").items if c.network == name]
         counts = b.counters(live, prof.prefix)
+        # nftables counts only what port forwards' map elements translated
+        fwd = b.forward_counters(live, prof.prefix) if hasattr(b, "forward_counters") \
+            else {}
         return {"backend": b.name, "profile": prof.name, "prefix": prof.prefix,
                 "network": net, "in_sync": not drift, "drift": drift,
-                "rules": list(network_rules(net, prof)), "counters": counts}
+                "rules": list(network_rules(net, prof)), "all_counted": counts is not None,
+                "counters": {**fwd, **(counts or {})},
+                **_features(net, state.networks, desired, {**fwd, **(counts or {})})}
 
     def list_networks(self) -> list[Network]:
         return sorted(self.store.load().networks.values(), key=lambda n: n.name)

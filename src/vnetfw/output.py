@@ -142,8 +142,8 @@ def list_doc(nets: Iterable[Any]) -> dict[str, Any]:
     return document("list", networks=[n.to_dict() for n in nets])
 
 
-def _rule_json(r: Any, counts: dict | None) -> dict[str, Any]:
-    c = counts.get(r) if counts is not None else None
+def _rule_json(r: Any, counts: dict) -> dict[str, Any]:
+    c = counts.get(r)
     return {"family": f"ipv{r.family}", "table": r.table, "chain": r.chain,
             "rule": r.describe(), "optional": r.optional,
             "packets": c[0] if c else None, "bytes": c[1] if c else None}
@@ -154,9 +154,8 @@ def show_doc(sh: dict[str, Any]) -> dict[str, Any]:
     return document("show", backend=sh["backend"], profile=sh["profile"],
                     prefix=sh["prefix"], network=net.to_dict(), in_sync=sh["in_sync"],
                     drift=[c.to_json() for c in sh["drift"]],
-                    counters=sh["counters"] is not None,
-                    port_forwards=[f.describe() for f in net.port_forwards],
-                    allows=[x.describe() for x in net.allows],
+                    counters=sh["all_counted"],
+                    port_forwards=sh.get("port_forwards", []), allows=sh.get("allows", []),
                     rules=[_rule_json(r, sh["counters"]) for r in sh["rules"]])
 
 
@@ -238,7 +237,7 @@ def print_list(nets: list) -> None:
 def print_status(st: dict[str, Any]) -> None:
     print(f"backend {st['backend']}, profile {st['profile']}, prefix {st['prefix']}, "
           f"state {st['state_dir']}")
-    if not st["desired"]:
+    if not st["desired"] and not st["drift"]:
         print("live firewall: nothing to check (no active networks)")
         return
     print("live firewall: " + ("in sync" if st["in_sync"] else
@@ -246,6 +245,10 @@ def print_status(st: dict[str, Any]) -> None:
     for c in st["drift"]:
         print(f"  {c.drift_text()}")
     print()
+    if not st["networks"]:
+        print("no active networks: the rules above belong to none vnetfw has on record "
+              "('vnetfw teardown' removes them)")
+        return
     table(("Name", "Mode", "Bridge", "Subnets", "Rules"),
           [(n["name"], n["mode"], n["bridge"] or "-", " ".join(n["subnets"]) or "-",
             str(n["rules"])) for n in st["networks"]])
@@ -276,11 +279,14 @@ def print_show(sh: dict[str, Any]) -> None:
         print(f"{k + ':':<16}{v}")
     for c in sh["drift"]:
         print(f"  {c.drift_text()}")
-    for title, items in (("Port forwards", n.port_forwards), ("Allows", n.allows)):
-        if items:
-            print(f"\n{title}:")
-            for x in items:
-                print(f"  {x.describe()}")
+    if sh.get("port_forwards"):
+        print("\nPort forwards:")
+        for f in sh["port_forwards"]:
+            print(f"  {f['text']} ({f['packets']} connection(s))")
+    if sh.get("allows"):
+        print("\nAllows:")
+        for x, a in zip(sh["allows"], n.allows):
+            print(f"  {a.describe()}" + (" (waiting: not active)" if x["waiting"] else ""))
     counts = sh["counters"]
     print()
     if not sh["rules"]:
@@ -288,7 +294,8 @@ def print_show(sh: dict[str, Any]) -> None:
         return
     table(("Family", "Chain", "Packets", "Bytes", "Rule"),
           [(f"ipv{r.family}", f"{r.table} {r.chain}",
-            *((str(c[0]), str(c[1])) if (c := (counts or {}).get(r)) else ("-", "-")),
+            *((str(c[0]), str(c[1])) if (c := counts.get(r)) else ("-", "-")),
             r.describe()) for r in sh["rules"]])
-    if counts is None:
-        print(f"(no counters: {sh['backend']} rules keep none)")
+    if not sh["all_counted"]:
+        print(f"(no counters: {sh['backend']} rules keep none"
+              + (", but for port forwards')" if counts else ")"))

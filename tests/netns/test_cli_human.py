@@ -188,3 +188,15 @@ def test_the_lock_timeout_names_the_holder_not_the_file(tmp_path):
     fd = os.open(tmp_path / "lock", os.O_RDWR)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)     # released: free again
     os.close(fd)
+
+
+def test_status_with_no_state_shows_the_rules_it_found(netns, tmp_path):
+    """No state on record (lost, or another state dir) while vnetfw's rules are live: the
+    exit status says drift, and so does the text (it said 'nothing to check')."""
+    Cli(netns, tmp_path / "a", "nftables").run("apply", str(FIX / "nat-default.xml"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VNETFW_")}
+    p = subprocess.run([sys.executable, "-m", "vnetfw", "status", "--netns", netns,
+                        "--state-dir", str(tmp_path / "other")], capture_output=True,
+                       text=True, env=env)
+    assert p.returncode == 1 and "DRIFT" in p.stdout and "nothing to check" not in p.stdout
+    assert "(network default)" in p.stdout and "'vnetfw teardown' removes them" in p.stdout

@@ -282,3 +282,36 @@ def test_iptables_refuses_forwards_and_changes_nothing(lab, tmp_path, flavour):
     with pytest.raises(BackendError, match="nftables backend only"):
         e.apply([BY_NAME["web"]])
     assert e.list_networks() == []
+
+
+def test_show_and_status_print_forwards_with_their_connections(lab, eng):
+    """``vnetfw show web`` (and status) as an admin reads them: each forward with the
+    connections it translated, and the DNAT rules' counters (nftables counts those only)."""
+    import json
+    import subprocess
+    import sys
+    import jsonschema
+    from vnetfw import output
+    eng.apply([BY_NAME["web"]])
+    probe(lab, [("a", "up:uplink0", "web/g0", H0[4], 8480, "tcp"),
+                ("b", "up:uplink0", "web/g0", H0[4], 8480, "tcp")])
+    common = ["--netns", lab.hv.name, "--backend", "nftables", "--state-dir", str(eng.store.dir)]
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "vnetfw", *args, *common],
+                              capture_output=True, text=True)
+    doc = json.loads(cli("show", "web", "--json").stdout)
+    jsonschema.Draft202012Validator(output.schema("show")).validate(doc)
+    fw = next(f for f in doc["port_forwards"] if f["proto"] == "tcp" and f["port"] == "8480")
+    assert fw["packets"] >= 2 and not doc["counters"]
+    counted = [r for r in doc["rules"] if r["packets"]]
+    assert counted and all(r["chain"] == "DNAT" for r in counted)
+    assert sum(r["packets"] for r in counted) == sum(f["packets"] for f in doc["port_forwards"])
+    text = cli("show", "web").stdout
+    assert f"{fw['text']} ({fw['packets']} connection(s))" in text
+    assert "(no counters: nftables rules keep none, but for port forwards')" in text
+    st = cli("status")
+    jsonschema.Draft202012Validator(output.schema("status")).validate(
+        json.loads(cli("status", "--json").stdout))
+    assert any(fw["text"] in l and l.split()[-1] == str(fw["packets"]) and l.split()[0] == "web"
+               for l in st.stdout.splitlines())
