@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from vnetfw.backends.registry import iptables_tool
 from vnetfw.lab.netns import Netns
 
 from . import netdefs
@@ -197,8 +198,7 @@ def render(backend: str, nets, profile: str = "default") -> dict:
 def floor_argv(backend: str, fam: int) -> list[str]:
     if backend == "nftables":
         return ["nft", "-f", "-"]
-    mid = backend.removeprefix("iptables")
-    return [f"{'ip6' if fam == 6 else 'ip'}tables{mid}-restore", "-w", "--noflush"]
+    return [iptables_tool(backend, fam, "restore"), "-w", "--noflush"]
 
 
 def load_floor(ns: Netns, backend: str, texts: dict) -> Timing:
@@ -223,8 +223,7 @@ def read_argvs(backend: str) -> list[list[str]]:
     """The readback commands vnetfw's backend runs (one snapshot of the live state)."""
     if backend == "nftables":
         return [["nft", "-j", "list", "ruleset", "inet"]]
-    mid = backend.removeprefix("iptables")
-    return [[f"iptables{mid}-save", "-c"], [f"ip6tables{mid}-save", "-c"]]
+    return [[iptables_tool(backend, fam, "save"), "-c"] for fam in (4, 6)]
 
 
 def raw_read(ns: Netns, backend: str) -> Timing:
@@ -270,7 +269,7 @@ def per_rule_commands(backend: str, texts: dict) -> list[str]:
         return nft_commands(listing)
     cmds = []
     for fam, text in texts.items():
-        binary = f"{'ip6' if fam == 6 else 'ip'}tables{backend.removeprefix('iptables')}"
+        binary = iptables_tool(backend, fam, "")
         cmds += iptables_commands(text, binary)
     return cmds
 

@@ -29,13 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from .backends.iptables import IptLive, flavour_of, parse_save
+from .backends.registry import FLAVOURS, iptables_tool
 from .backends.runner import CommandFailed, Runner
 from .errors import BackendError, VnetfwError
+from .firewalld import ENV_BUS as FIREWALLD_BUS_ENV
 from .model import Network
 from .state import StateStore, default_state_dir
 
-FLAVOURS = ("iptables-nft", "iptables-legacy")
-FIREWALLD_BUS_ENV = "VNETFW_FIREWALLD_BUS"          # the same variable vnetfw.firewalld reads
 SYSCTLS = {
     "net.ipv4.ip_forward": "/proc/sys/net/ipv4/ip_forward",
     "net.ipv6.conf.all.forwarding": "/proc/sys/net/ipv6/conf/all/forwarding",
@@ -82,7 +82,7 @@ class Facts:
 
 
 def _ipt_cmd(flavour: str, fam: int) -> str:
-    return ("iptables" if fam == 4 else "ip6tables") + flavour.removeprefix("iptables") + "-save"
+    return iptables_tool(flavour, fam, "save")
 
 
 def read_iptables(runner: Runner, flavour: str) -> IptLive | str:

@@ -32,12 +32,12 @@ from typing import Any, Iterable
 
 from .backends import Backend, Change, ChangeSet
 from .backends.iptables import IptablesBackend, IptLive, TableEdit, flavour_of
+from .backends.registry import FLAVOURS
 from .engine import Engine, Report
 from .errors import BackendError, RollbackIncomplete
 from .migrate import Edits, Findings, KeptRule, Mode, OldRule, plan_flavour
 from .model import Network
 
-FLAVOURS = ("iptables-nft", "iptables-legacy")
 
 
 def edits_changeset(ed: Edits, f: Findings, extra: ChangeSet | None = None) -> ChangeSet:

@@ -46,6 +46,7 @@ from ..ruleset import (CHECKSUM, LAYOUT, MASQUERADE, REJECT, SNAT, TABLES, Famil
                        Ruleset, chains_of)
 from . import Backend, Change, ChangeSet, Scope
 from .nfgen import Generation
+from .registry import iptables_tool
 from .runner import CommandFailed, Feed, NotStarted, Runner
 
 COMMENT_PREFIX = "vnetfw:"
@@ -618,9 +619,8 @@ class IptablesBackend(Backend):
     def __init__(self, runner: Runner, flavour: str = "iptables") -> None:
         super().__init__(runner)
         self.name = flavour
-        mid = "" if flavour == "iptables" else flavour.removeprefix("iptables")
-        self._cmd = {4: (f"iptables{mid}-save", f"iptables{mid}-restore"),
-                     6: (f"ip6tables{mid}-save", f"ip6tables{mid}-restore")}
+        self._cmd = {f: (iptables_tool(flavour, f, "save"), iptables_tool(flavour, f, "restore"))
+                     for f in (4, 6)}
         self._flavour: object = _UNKNOWN     # flavour_of(), asked once
         self._pre_commit: Generation | None = None     # x_tables: see generation_after
 

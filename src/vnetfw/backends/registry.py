@@ -3,7 +3,7 @@
 Contract:
 - ``NAMES``: every backend a user may name; ``CHOICES`` what ``--backend`` takes (``auto``
   first). ``IPTABLES_FLAVOURS``: the names the iptables backend serves (``iptables`` is
-  whichever flavour the system's ``iptables`` is).
+  whichever of ``FLAVOURS`` the system's ``iptables`` is); ``iptables_tool`` their commands.
 - ``requested(name, recorded)``: what a request means before anything runs. A named backend
   is itself; ``auto`` keeps the backend the active networks were applied with
   (``recorded()``, asked only for ``auto``), and stays ``AUTO`` when there are none.
@@ -30,12 +30,13 @@ if TYPE_CHECKING:
 
 AUTO = "auto"
 NFTABLES = "nftables"
-IPTABLES_FLAVOURS = ("iptables", "iptables-nft", "iptables-legacy")
+FLAVOURS = ("iptables-nft", "iptables-legacy")       # what the system's iptables can be
+IPTABLES_FLAVOURS = ("iptables",) + FLAVOURS
 NAMES = (NFTABLES,) + IPTABLES_FLAVOURS
 CHOICES = (AUTO,) + NAMES
 # What ``auto`` prefers, first to last, where it looks for networks already live (the
 # engine, with no state): the system's "iptables" is one of the two flavours.
-AUTO_ORDER = (NFTABLES, "iptables-nft", "iptables-legacy")
+AUTO_ORDER = (NFTABLES,) + FLAVOURS
 
 
 def requested(name: str, recorded: Callable[[], str | None]) -> str:
@@ -48,6 +49,13 @@ def requested(name: str, recorded: Callable[[], str | None]) -> str:
 def unprobed(name: str) -> str:
     """``name`` for a command that probes nothing: ``auto`` is nftables."""
     return NFTABLES if name == AUTO else name
+
+
+def iptables_tool(flavour: str, family: int, verb: str) -> str:
+    """The command of an iptables flavour: ``("iptables-nft", 6, "save")`` ->
+    ``ip6tables-nft-save``; ``verb`` "" is the plain command (``iptables``)."""
+    name = ("iptables" if family == 4 else "ip6tables") + flavour.removeprefix("iptables")
+    return f"{name}-{verb}" if verb else name
 
 
 def get_backend(name: str, runner: Runner) -> Backend:

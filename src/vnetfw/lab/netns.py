@@ -21,20 +21,16 @@ exec, as vnetfw's own Runner does (no extra process; only the network namespace 
 from __future__ import annotations
 
 import atexit
-import ctypes
-import ctypes.util
-import functools
 import os
 import signal
 import subprocess
 import threading
 from typing import Sequence
 
+from ..backends.runner import CLONE_NEWNET, LIBC, NETNS_DIR
 from ..errors import GuardError
 
-NETNS_DIR = "/run/netns"
 SELF_NS = "/proc/self/ns/net"
-CLONE_NEWNET = 0x40000000
 
 
 def ns_identity(path: str) -> tuple[int, int]:
@@ -143,11 +139,10 @@ class Netns:
         does) instead of running under ``ip netns exec``."""
         if not setns:
             return _run_process(self.argv(*argv), stdin=stdin, timeout=timeout, check=check)
-        libc = _libc()                              # loaded here, not in the child
         fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
 
         def enter() -> None:                        # runs in the child only
-            if libc.setns(fd, CLONE_NEWNET) != 0:
+            if LIBC.setns(fd, CLONE_NEWNET) != 0:
                 os._exit(125)                       # never run the command outside it
         try:
             os.set_inheritable(fd, True)
@@ -181,11 +176,6 @@ def _run_process(argv: list[str], stdin: str | None = None, timeout: float = 30.
         raise LabError(f"{' '.join(argv[:6])}... failed ({p.returncode}): "
                            f"{p.stderr.strip() or p.stdout.strip()}")
     return p
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
 def _delete(name: str) -> None:
