@@ -563,13 +563,13 @@ class Engine:
                                 "done (the firewall was not changed)")
             return self.store.load()
         gen: Generation | None = None
-        if state.backend in BACKENDS:
+        if state.backend in NAMES:
             b = get_backend(state.backend, self.runner)
             prof = self._profile_of(state)
             gen = self._sync(b, plan(state.networks.values(), prof), "full", False, rep,
                              prof.prefix)
         went = (rec.backend, rec.prefix)
-        if rec.known and rec.backend in BACKENDS and rec.prefix \
+        if rec.known and rec.backend in NAMES and rec.prefix \
                 and went != (state.backend, state.prefix):
             self._sync(get_backend(rec.backend, self.runner), None, "teardown", False, rep,
                        prefix=rec.prefix, g0=None)
@@ -590,7 +590,7 @@ class Engine:
     def _after_of(state: State, rec: Record) -> State | None:
         """The state ``rec`` would have recorded, if it was computed from ``state`` and
         can be read."""
-        if not rec.known or rec.before != state.change or rec.backend not in BACKENDS \
+        if not rec.known or rec.before != state.change or rec.backend not in NAMES \
                 or rec.profile not in PROFILES:
             return None
         nets = {k: v for k, v in state.networks.items() if k not in rec.drop}
@@ -611,7 +611,7 @@ class Engine:
                 return False
         elif not b.changes(live, None, "teardown", prefix=prof.prefix).empty:
             return False
-        if before.backend in BACKENDS and (before.backend, before.prefix) != \
+        if before.backend in NAMES and (before.backend, before.prefix) != \
                 (after.backend, after.prefix):
             old = get_backend(before.backend, self.runner)
             if not old.changes(old.read(), None, "teardown",
@@ -837,7 +837,7 @@ class Engine:
     def _left_by(self, rec: Record | None) -> list[Change]:
         """With no active networks: what of vnetfw's a change in flight left live (where
         it went; nothing if there is no such change)."""
-        if rec is None or not rec.known or rec.backend not in BACKENDS or not rec.prefix:
+        if rec is None or not rec.known or rec.backend not in NAMES or not rec.prefix:
             return []
         b = get_backend(rec.backend, self.runner)
         return b.changes(b.read(), None, "teardown", prefix=rec.prefix).items
