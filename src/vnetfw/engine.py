@@ -290,8 +290,13 @@ class Engine:
               partial: "Partial | None" = None,
               fresh: Callable[[], Iterable[tuple[str, Sequence[Rule]]]] | None = None,
               g0: Any = _UNREAD) -> Generation | None:
-        """Read, diff, commit. Returns the generation (nf_tables generation id, x_tables
-        fingerprint) the live firewall verifiably matches ``desired`` at (None: unknown).
+        """One change, by the first strategy that applies, each its own function: from
+        vnetfw's last commit without a readback (``_from_last_commit``), into a vacant
+        firewall while planning (``_load_vacant``), read-diff-commit (``_commit_diff``),
+        and after a refusal that stands, without optional rules where the kernel lacks
+        them (``_without_optional``). Returns the generation (nf_tables generation id,
+        x_tables fingerprint) the live firewall verifiably matches ``desired`` at (None:
+        unknown).
 
         ``partial``: the networks that change since vnetfw's previous commit, and that
         commit's generation. If the generation has not moved since, the live state is that
@@ -317,53 +322,78 @@ class Engine:
         (``FeedUnavailable``), the ordinary path runs."""
         if g0 is _UNREAD:
             g0 = self._generation(backend)
-        if partial is not None and g0 is not None and g0 == partial.generation \
-                and (live := backend.assumed_live(partial.before)) is not None:
-            try:
-                return self._commit_diff(backend, live, partial.after, "full", dry_run, report,
-                                         g0)
-            except RollbackIncomplete:
-                raise                           # the live state is no baseline for a retry
-            except BackendError:
-                g0 = backend.generation()       # undone; the full path says what it does
+        if partial is not None:
+            landed, g0 = self._from_last_commit(backend, partial, dry_run, report, g0)
+            if landed:
+                return g0
         live = backend.read()                   # g0 was taken before: the diff's base
         refused: BackendError | None = None
         if fresh is not None and prefix is not None and not dry_run \
                 and backend.vacant(live, prefix):
             try:
-                cs = backend.load_fresh(live, prefix, self._then_arm(fresh()))
-            except RollbackIncomplete:
-                raise
+                return self._load_vacant(backend, live, prefix, fresh, report, g0)
             except FeedUnavailable:
                 pass    # nothing started (no /dev/fd, no memory file...): the path below
+            except RollbackIncomplete:
+                raise
             except BackendError as e:
-                self.interrupts.abandon()
                 refused = e
-            else:
-                self.interrupts.landed()
-                self._landed = True
-                report.changes += cs.items
-                return backend.generation_after(cs, g0)
         if callable(desired):
             desired = desired()                 # after a refusal: a bad definition says so
-        if refused is not None and backend.shares_chains:
+        if refused is not None:
+            if not backend.shares_chains:
+                return self._without_optional(backend, desired, scope, dry_run, report,
+                                              prefix, refused)
             # Undone. Once more the ordinary way, from what is there now: a load into a
             # vacant firewall takes long enough for another writer to get in its way (an
             # iptables restore refers to rules of the builtin chains around its jumps),
             # and trimming optional rules is no answer to that.
             g0 = backend.generation()
             live = backend.read()
-            refused = None
-        if refused is None:
-            try:
-                return self._commit_diff(backend, live, desired, scope, dry_run, report, g0,
-                                         prefix)
-            except RollbackIncomplete:
-                raise                           # no baseline for another attempt
-            except BackendError as e:
-                refused = e
-        return self._without_optional(backend, desired, scope, dry_run, report, prefix,
-                                      refused)
+        try:
+            return self._commit_diff(backend, live, desired, scope, dry_run, report, g0, prefix)
+        except RollbackIncomplete:
+            raise                               # no baseline for another attempt
+        except BackendError as e:
+            return self._without_optional(backend, desired, scope, dry_run, report, prefix, e)
+
+    def _from_last_commit(self, backend: Backend, partial: Partial, dry_run: bool,
+                          report: Report, g0: Generation | None
+                          ) -> tuple[bool, Generation | None]:
+        """Strategy 1, no readback: while the generation is still that of vnetfw's last
+        commit, the backend (if it can: ``assumed_live``) computes the change of the
+        networks that differ from what it committed then, and commits it. Returns (True,
+        the generation after) once committed; (False, the generation now) when it cannot,
+        or its commit was refused and undone (the caller then reads the firewall)."""
+        if g0 is None or g0 != partial.generation \
+                or (assumed := backend.assumed_live(partial.before)) is None:
+            return False, g0
+        try:
+            return True, self._commit_diff(backend, assumed, partial.after, "full", dry_run,
+                                           report, g0)
+        except RollbackIncomplete:
+            raise                               # the live state is no baseline for a retry
+        except BackendError:
+            return False, backend.generation()  # undone; the full path says what it does
+
+    def _load_vacant(self, backend: Backend, live: Any, prefix: str,
+                     fresh: Callable[[], Iterable[tuple[str, Sequence[Rule]]]],
+                     report: Report, g0: Generation | None) -> Generation | None:
+        """Strategy 2, into a firewall holding nothing of ``prefix``'s: the backend loads
+        the networks while they are planned (``load_fresh``). Returns the generation after;
+        raises what the load raised, with nothing loaded (``FeedUnavailable``: the tool
+        could not even be started that way)."""
+        try:
+            cs = backend.load_fresh(live, prefix, self._then_arm(fresh()))
+        except (RollbackIncomplete, FeedUnavailable):
+            raise
+        except BackendError:
+            self.interrupts.abandon()
+            raise
+        self.interrupts.landed()
+        self._landed = True
+        report.changes += cs.items
+        return backend.generation_after(cs, g0)
 
     def _without_optional(self, backend: Backend, desired: Ruleset | None, scope: Scope,
                           dry_run: bool, report: Report, prefix: str | None,
