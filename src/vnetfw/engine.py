@@ -861,7 +861,7 @@ class Engine:
             if self._untouched(state, b, prof, state.networks):
                 return []
             desired = plan(state.networks.values(), prof)
-            return self._interrupted(rec, state, b.changes(b.read(), desired, "full").items)
+            return self._interrupted(rec, state, self._drift(b, b.read(), desired))
         return self.window.steadily(read, waiting=self.waiting)
 
     def _left_by(self, rec: Record | None) -> list[Change]:
@@ -871,6 +871,22 @@ class Engine:
             return []
         b = get_backend(rec.backend, self.runner)
         return b.changes(b.read(), None, "teardown", prefix=rec.prefix).items
+
+    @staticmethod
+    def _drift(b: Backend, live: Any, desired: Ruleset) -> list[Change]:
+        """What differs between ``live`` and ``desired``, less the optional rules that are
+        missing because this kernel lacks their target (the change went in without them,
+        with a warning: ``_without_optional``); otherwise ``check`` would report them, and
+        ``watch`` repair them, forever. The backend is asked (a probe) only when optional
+        rules are missing; where the kernel has the target, a missing one is drift."""
+        items = b.changes(live, desired, "full").items
+        missing = [c for c in items
+                   if c.what == "add" and isinstance(c.rule, Rule) and c.rule.optional]
+        if not missing or b.lacks_optional(
+                None, replace(desired, rules=tuple(c.rule for c in missing))) is None:
+            return items
+        skip = {id(c) for c in missing}
+        return [c for c in items if id(c) not in skip]
 
     def _leftovers(self, state: State) -> list[Change]:
         """With no state on record and ``auto``: the rules of networks that the backend
@@ -920,7 +936,7 @@ class Engine:
                 drift = []
             else:
                 live = b.read()
-                drift = self._interrupted(rec, state, b.changes(live, desired, "full").items)
+                drift = self._interrupted(rec, state, self._drift(b, live, desired))
             counters: dict[Rule, tuple[int, int]] = {}
             if any(n.port_forwards for n in state.networks.values()) \
                     and hasattr(b, "forward_counters"):

@@ -103,7 +103,19 @@ def test_a_kernel_without_the_target_gets_every_other_rule_with_a_warning(
     rep = fake_engine(tmp_path, fw, monkeypatch=monkeypatch).apply(nets(1, 2))
     assert fw.rules("fake") == want(1, 2, optional=False)
     assert rep.warnings == ["optional rules (CHECKSUM fix-up) left out: " + fw.lacks]
-    assert fake_engine(tmp_path, fw, monkeypatch=monkeypatch).store.load().generation is None
+    eng = fake_engine(tmp_path, fw, monkeypatch=monkeypatch)
+    assert eng.store.load().generation is None
+    # what the kernel cannot hold is no drift (before: every CHECKSUM rule, forever)
+    assert eng.check() == [] and eng.status()["in_sync"]
+
+
+def test_a_missing_optional_rule_is_drift_where_the_kernel_has_the_target(
+        fw, tmp_path, monkeypatch):
+    fake_engine(tmp_path, fw, monkeypatch=monkeypatch).apply(nets(1))
+    fw.tables["fake"]["VNETFW"] -= {r for r in want(1) if r.optional}   # someone deletes it
+    fw.touch()
+    drift = fake_engine(tmp_path, fw, monkeypatch=monkeypatch).check()
+    assert [(c.what, c.rule.optional) for c in drift] == [("add", True)]
 
 
 def test_optional_rules_that_are_live_stay_when_the_target_goes_missing(
