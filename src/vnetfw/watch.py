@@ -219,9 +219,11 @@ class Watcher:
 
     def _evaluate(self, reason: str) -> None:
         state = self.store.load()
-        if not state.networks and ChangeWindow(self.store.dir).pending() is not None:
-            # A first apply (or a teardown...) killed half-way left part of itself: the
-            # reload that finishes or undoes it is a repair like any other.
+        if ChangeWindow(self.store.dir).pending() is not None:
+            # A vnetfw killed half-way through a change (``inflight``): the reload that
+            # finishes or undoes it is a repair like any other, and clears the record even
+            # where the change left nothing (check only reports the drift one left; with
+            # no active networks it would not look at all).
             eng = self._engine_for(state)
             if eng is not None:
                 rep = eng.reload()

@@ -143,3 +143,24 @@ def test_a_killed_removal_is_undone(netns, tmp_path):
     nxt = run(netns, backend, tmp_path, "reload")
     assert "undid an interrupted remove" in nxt.stderr, nxt.stderr
     assert ours(netns, backend) == before
+
+
+def test_watch_clears_a_change_killed_before_it_committed_anything(netns, tmp_path):
+    """Killed after writing its record but before nft ran: nothing to repair, no drift;
+    watch --once still resolves the record (the campaign found it left behind)."""
+    from benchmarks.faults import write_wrappers
+    backend = "nftables"
+    before = setup_two(netns, backend, tmp_path)
+    write_wrappers(tmp_path / "kbin", backend, tmp_path / "count")
+    (tmp_path / "count").write_text("0")
+    env = clean_env()
+    env.update(PATH=f"{tmp_path / 'kbin'}:{env['PATH']}", FAULT="kill-before:1")
+    p = run(netns, backend, tmp_path, "apply", str(tmp_path / "n2.toml"), env=env)
+    assert p.returncode == -signal.SIGKILL
+    assert (tmp_path / "state" / "inflight.json").exists()
+    assert ours(netns, backend) == before
+    assert run(netns, backend, tmp_path, "check").returncode == 0     # nothing to report
+    w = run(netns, backend, tmp_path, "watch", "--once", "--no-events", "--firewalld", "off")
+    assert w.returncode == 0 and "it had changed nothing" in w.stderr, w.stderr
+    assert not (tmp_path / "state" / "inflight.json").exists()
+    assert ours(netns, backend) == before
