@@ -107,6 +107,15 @@ class RollbackIncomplete(BackendError):
 
     kind = "rollback_incomplete"
 
+    @staticmethod
+    def unless(problems: list[str], msg: str) -> BackendError:
+        """The error of a change that failed after it began writing and was undone: ``msg``
+        says what failed; ``problems``, what the undo could not put back (none: a plain
+        BackendError, the firewall as it was)."""
+        if problems:
+            return RollbackIncomplete(f"{msg}; ROLLBACK INCOMPLETE: {'; '.join(problems)}")
+        return BackendError(msg)
+
 
 class StateError(VnetfwError):
     """The state directory cannot be used (unreadable, corrupt, locked)."""

@@ -25,7 +25,7 @@ Every backend offers the same small contract, so the engine never knows which on
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Literal, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal, NamedTuple, Sequence
 
 from ..errors import BackendError
 from .registry import get_backend  # noqa: F401 - the package's entry: a backend by name
@@ -112,6 +112,26 @@ class ChangeSet:
     @property
     def empty(self) -> bool:
         return not self.items
+
+
+def sequence_edits(old: Sequence[Any], new: Sequence[Any]
+                   ) -> Iterator[tuple[str, int, int, bool]]:
+    """The deletions and insertions that turn ``old`` into ``new`` (difflib's opcodes), in
+    the order to apply them to one list: ``("delete", i, pos, False)`` removes ``old[i]``,
+    which then stands at index ``pos``; ``("add", j, pos, at_end)`` puts ``new[j]`` at index
+    ``pos``, ``at_end`` when nothing of ``old`` follows it (so the add may be an append)."""
+    import difflib      # only an existing chain that changes needs it (~1 ms to import)
+    pos = 0
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, old, new,
+                                                       autojunk=False).get_opcodes():
+        if tag == "equal":
+            pos += i2 - i1
+            continue
+        for i in range(i1, i2):
+            yield "delete", i, pos, False
+        for j in range(j1, j2):
+            yield "add", j, pos, i2 == len(old)
+            pos += 1
 
 
 class Backend:

@@ -44,7 +44,7 @@ from typing import Any, Iterable, Sequence
 from ..errors import BackendError, RollbackIncomplete
 from ..ruleset import (CHECKSUM, LAYOUT, MASQUERADE, REJECT, SNAT, TABLES, Family, Rule,
                        Ruleset, chains_of)
-from . import Backend, Change, ChangeSet, Scope
+from . import Backend, Change, ChangeSet, Scope, sequence_edits
 from .nfgen import Generation
 from .registry import iptables_tool
 from .runner import CommandFailed, Feed, NotStarted, Runner
@@ -477,24 +477,17 @@ def _rule_edits(live: list[str], want: list[Rule], chain: str, fam: Family, tabl
             lines.append(f"-A {chain} {text}")
             items.append(Change(fam, "add", where, "", r.network, r))
         return lines
-    import difflib      # only an existing chain that changes needs it (~1 ms to import)
-    sm = difflib.SequenceMatcher(None, live, want_text, autojunk=False)
-    pos = 0
-    for tag, i1, i2, j1, j2 in sm.get_opcodes():
-        if tag == "equal":
-            pos += i2 - i1
-            continue
-        for k in range(i1, i2):
+    for what, k, pos, at_end in sequence_edits(live, want_text):
+        if what == "delete":
             lines.append(f"-D {chain} {pos + 1}")
             old = parse_rule(live[k], fam, table, suffix)
             items.append(Change(fam, "delete", where, "", getattr(old, "network", None) or None,
                                 old))
-        for k in range(j1, j2):
+        else:
             # At the end, append: iptables-nft then need not fetch the chain's rules.
-            op = f"-A {chain}" if i2 == len(live) else f"-I {chain} {pos + 1}"
+            op = f"-A {chain}" if at_end else f"-I {chain} {pos + 1}"
             lines.append(f"{op} {want_text[k]}")
             items.append(Change(fam, "add", where, "", want[k].network, want[k]))
-            pos += 1
     return lines
 
 
@@ -878,18 +871,15 @@ class IptablesBackend(Backend):
                 known[fam] = True
         except BackendError as e:
             problems = self._rollback(live, changes, done, known)
-            msg = f"{self.name}: change failed and was rolled back: {e}"
-            if problems:
-                raise RollbackIncomplete(msg + "; ROLLBACK INCOMPLETE: "
-                                         + "; ".join(problems)) from e
-            raise BackendError(msg) from e
+            raise RollbackIncomplete.unless(
+                problems, f"{self.name}: change failed and was rolled back: {e}") from e
         except BaseException as e:
             # A second Ctrl-C: the restore (killed by the runner when the interrupt reached
             # it) may have committed its first tables.
             problems = self._rollback(live, changes, done, known)
             if problems:
-                raise RollbackIncomplete(f"{self.name}: interrupted and rolled back; "
-                                         "ROLLBACK INCOMPLETE: " + "; ".join(problems)) from e
+                raise RollbackIncomplete.unless(
+                    problems, f"{self.name}: interrupted and rolled back") from e
             raise
 
     def vacant(self, live: IptLive, prefix: str) -> bool:
@@ -995,16 +985,14 @@ class IptablesBackend(Backend):
                 feed.abort()
             problems = self._undo_fresh(prefix, _families(started))
             if problems:
-                raise RollbackIncomplete(f"{self.name}: interrupted and rolled back; "
-                                         "ROLLBACK INCOMPLETE: " + "; ".join(problems)) from e
+                raise RollbackIncomplete.unless(
+                    problems, f"{self.name}: interrupted and rolled back") from e
             raise
         if failed:
             problems = self._undo_fresh(prefix, _families(started))
-            msg = (f"{self.name}: change failed and was rolled back: "
-                   + "; ".join(f"{label}: {e}" for label, e in failed.items()))
-            if problems:
-                raise RollbackIncomplete(msg + "; ROLLBACK INCOMPLETE: " + "; ".join(problems))
-            raise BackendError(msg)
+            raise RollbackIncomplete.unless(
+                problems, f"{self.name}: change failed and was rolled back: "
+                + "; ".join(f"{label}: {e}" for label, e in failed.items()))
         return cs
 
     def _rollback(self, live: IptLive, changes: ChangeSet, families: list[Family],

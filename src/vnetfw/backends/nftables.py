@@ -47,7 +47,7 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from ..errors import BackendError
 from ..ruleset import CHECKSUM, Family, Rule, Ruleset
-from . import Backend, Change, ChangeSet, Scope
+from . import Backend, Change, ChangeSet, Scope, sequence_edits
 from .nft_layout import (ADMIN_CHAINS, BASE_BY_NAME, BASE_CHAINS, ELEMENT_SET_BY_NAME,
                          ELEMENT_SETS, MAP_BASE, MAP_BY_NAME, MAPS, NFT_FAMILY, SET_BASES,
                          STAGE_BY_SUFFIX, STAGES, ElementSet, Stage, admin_chain,
@@ -924,15 +924,8 @@ def _diff_items(cur: list[Rule | Foreign], want: list[Rule], fam: Family, where:
         for r in want:
             items.add(Change(fam, "add", where, "", net, r))
         return
-    import difflib      # only an existing chain that changes needs it (~1 ms to import)
-    sm = difflib.SequenceMatcher(None, cur, want, autojunk=False)
-    for tag, i1, i2, j1, j2 in sm.get_opcodes():
-        if tag == "equal":
-            continue
-        for k in range(i1, i2):
-            items.add(Change(fam, "delete", where, "", net, cur[k]))
-        for k in range(j1, j2):
-            items.add(Change(fam, "add", where, "", net, want[k]))
+    for what, k, _pos, _at_end in sequence_edits(cur, want):
+        items.add(Change(fam, what, where, "", net, cur[k] if what == "delete" else want[k]))
 
 
 def _net_of(value: Any) -> str | None:
