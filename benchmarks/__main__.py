@@ -24,7 +24,7 @@ from . import report
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
-SECTIONS = ("control", "startup", "memory", "libvirt", "dataplane", "profile")
+SECTIONS = ("control", "startup", "memory", "libvirt", "libvirt-hook", "dataplane", "profile")
 README = REPO / "benchmarks" / "README.md"
 MARK_BEGIN = "<!-- BEGIN LATEST RESULTS (python -m benchmarks --update-readme) -->"
 MARK_END = "<!-- END LATEST RESULTS -->"
@@ -122,7 +122,8 @@ def main(argv=None) -> int:
         print("python -m benchmarks: iproute2 (ip) is not installed", file=sys.stderr)
         return 2
     quick = a.quick
-    sections = a.sections or [s for s in SECTIONS if not (quick and s == "libvirt")]
+    sections = a.sections or [s for s in SECTIONS
+                              if not (quick and s in ("libvirt", "libvirt-hook"))]
     bad = set(sections) - set(SECTIONS)
     if bad:
         print(f"unknown section(s): {', '.join(sorted(bad))}", file=sys.stderr)
@@ -193,6 +194,14 @@ def main(argv=None) -> int:
                                                                  else [1, 10, 50]), log)
             if results["libvirt"].get("skipped"):
                 log(f"  skipped: {results['libvirt']['skipped']}")
+            _save(results, out_path)
+        if "libvirt-hook" in sections:
+            from . import libvirt_hook
+            n = max(a.libvirt_sizes or [50])
+            log(f"real libvirt: its own firewall vs vnetfw's hook, {n} NAT networks each")
+            results["libvirt-hook"] = libvirt_hook.run(n, log)
+            if results["libvirt-hook"].get("skipped"):
+                log(f"  skipped: {results['libvirt-hook']['skipped']}")
             _save(results, out_path)
         if "dataplane" in sections:
             from . import dataplane

@@ -203,6 +203,11 @@ def libvirt_rows(lv: dict) -> tuple[list[str], list[list[str]]]:
              "start: libvirt/vnetfw", "stop: libvirt/vnetfw"], rows)
 
 
+def _libvirt_hook_rows(sec: dict) -> tuple[list[str], list[list[str]]]:
+    from .libvirt_hook import rows
+    return rows(sec)
+
+
 def profile_rows(pr: dict) -> tuple[list[str], list[list[str]]]:
     """Pivot: one row per phase, one column per scenario, 'ms (share)'."""
     scen = pr.get("phases", {})
@@ -256,6 +261,8 @@ def render_all(results: dict, markdown: bool) -> str:
                            ("memory", "Peak memory", memory_rows),
                            ("libvirt", "Real libvirt (libvirt-peer.sh), median ms",
                             libvirt_rows),
+                           ("libvirt-hook", "Real libvirt: its own firewall vs vnetfw's "
+                            "libvirt hook, per network", _libvirt_hook_rows),
                            ("dataplane", "Data plane (guest -> hypervisor -> upstream)",
                             dataplane_rows),
                            ("profile", "Where the time goes (whole CLI process, phases)",

@@ -64,3 +64,16 @@ def test_legacy_sets_what_if_runs_both_layouts():
     assert ms > 0 and ms_sets > 0
     # per network, 8 subnet-bound rules leave the tables; 9 set rules come in once
     assert rules_sets == rules - 2 * 8 + 9
+
+
+def test_libvirt_hook_benchmark_runs_for_one_network_each():
+    from vnetfw.lab import libvirtd
+    if (why := libvirtd.missing()) is not None:
+        pytest.skip(why)
+    from benchmarks import libvirt_hook
+    from benchmarks.report import table
+    res = libvirt_hook.run(1, log=lambda _msg: None)
+    (cell,) = res["cells"]
+    assert cell["vnetfw_in_sync_with_n_running"] is True
+    assert set(cell["median_s"]) == {"libvirt", "hook", "open"}
+    assert "hook / libvirt" in table(*libvirt_hook.rows(res), markdown=True)
