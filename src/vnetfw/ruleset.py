@@ -72,6 +72,17 @@ VERDICTS = frozenset({ACCEPT, REJECT, RETURN, MASQUERADE, SNAT, CHECKSUM, DNAT})
 CT_REPLY = ("RELATED", "ESTABLISHED")
 
 
+@dataclass(frozen=True, slots=True)
+class Foreign:
+    """A rule (or nft map element) in vnetfw's chains or table that vnetfw did not write, or
+    cannot read: a backend's readback keeps its text, and a diff reports and replaces it."""
+
+    text: str
+
+    def describe(self) -> str:
+        return f"'{self.text}' (not written by vnetfw)"
+
+
 class Rule(NamedTuple):
     """One rule in one private chain.
 

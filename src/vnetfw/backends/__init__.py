@@ -51,7 +51,7 @@ class Change(NamedTuple):
     where: str
     text: str = ""
     network: str | None = None
-    rule: Any = None                # a Rule, or a backend's Foreign rule: has describe()
+    rule: Any = None                # a Rule, or a Foreign one: has describe()
 
     @property
     def detail(self) -> str:

@@ -42,8 +42,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from ..errors import BackendError, RollbackIncomplete
-from ..ruleset import (CHECKSUM, LAYOUT, MASQUERADE, REJECT, SNAT, TABLES, Family, Rule,
-                       Ruleset, chains_of)
+from ..ruleset import (CHECKSUM, LAYOUT, MASQUERADE, REJECT, SNAT, TABLES, Family, Foreign,
+                       Rule, Ruleset, chains_of)
 from . import Backend, Change, ChangeSet, Scope, sequence_edits
 from .nfgen import Generation
 from .registry import iptables_tool
@@ -65,16 +65,6 @@ _UNKNOWN = object()
 # is not installed. Either names the target.
 _TARGET_MISSING = re.compile(r"Extension (\w+) (?:revision \d+ |is )?not supported[^;]*"
                              r"|Couldn't load target `(\w+)'[^;]*")
-
-
-@dataclass(frozen=True, slots=True)
-class Foreign:
-    """A rule inside a vnetfw chain that vnetfw did not write (or cannot read)."""
-
-    text: str
-
-    def describe(self) -> str:
-        return f"'{self.text}' (not written by vnetfw)"
 
 
 @dataclass

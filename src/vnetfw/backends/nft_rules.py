@@ -31,22 +31,11 @@ from __future__ import annotations
 import functools
 import ipaddress
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BackendError
 from ..ruleset import (ACCEPT, CT_REPLY, DNAT, MASQUERADE, REJECT, RETURN, SNAT, Family,
-                       Rule)
-
-
-@dataclass(frozen=True, slots=True)
-class Foreign:
-    """A rule (or element) inside vnetfw's table that vnetfw did not write, or cannot read."""
-
-    text: str
-
-    def describe(self) -> str:
-        return f"'{self.text}' (not written by vnetfw)"
+                       Foreign, Rule)
 
 
 _IP = {4: "ip", 6: "ip6"}
