@@ -68,6 +68,8 @@ def _owner_problem(path: str, st: os.stat_result) -> Unsafe | None:
 
 
 def _mode_problem(path: str, st: os.stat_result, end: bool) -> Unsafe | None:
+    # (A POSIX ACL that lets another user write shows here too: the group bits are then
+    # its mask, which includes every named user's and group's write.)
     if not st.st_mode & 0o022:
         return None
     if not end and stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX:
@@ -116,7 +118,8 @@ def check_path(path: str | Path, *, parent: bool = False) -> str:
 
 
 def _absolute(path: str | Path) -> Path:
-    return Path(os.getcwd(), path)          # (an absolute ``path`` stays as it is)
+    p = Path(path)
+    return p if p.is_absolute() else Path(os.getcwd(), p)
 
 
 def ensure_dir(path: str | Path, mode: int = 0o700, *, parent: bool = False) -> str:

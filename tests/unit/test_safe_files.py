@@ -42,6 +42,25 @@ def test_the_end_may_not_be_open_to_others_and_a_parent_only_if_sticky(tmp_path)
     assert e.value.fix == f"chmod go-w {d}"
 
 
+def test_an_acl_that_lets_another_user_write_is_refused(tmp_path):
+    """chmod 755, then an ACL entry giving uid 65534 rwx (what `setfacl -m u:nobody:rwx`
+    writes): the group bits become the ACL's mask, so the mode check sees the write."""
+    import struct
+    d = tmp_path / "acl"
+    d.mkdir(mode=0o755)
+    assert safe_files.check_path(d) == str(d)
+    any_id = 0xFFFFFFFF
+    entries = [(0x01, 7, any_id), (0x02, 7, NOBODY), (0x04, 5, any_id), (0x10, 7, any_id),
+               (0x20, 5, any_id)]      # user::rwx user:nobody:rwx group::r-x mask::rwx other::r-x
+    blob = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+    try:
+        os.setxattr(d, "system.posix_acl_access", blob)
+    except OSError as e:
+        pytest.skip(f"no POSIX ACLs here: {e.strerror}")
+    with pytest.raises(Unsafe, match="writable by group or others"):
+        safe_files.check_path(d)
+
+
 def test_where_a_link_leads_is_checked_too(tmp_path):
     open_dir = tmp_path / "open"
     open_dir.mkdir()
