@@ -19,14 +19,13 @@ The netfilter facts the checks rely on:
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal
 
-from .backends.iptables import IptLive, TableDump, forward_jumps_in_order
+from .backends.iptables import (IptLive, TableDump, forward_jumps_in_order, our_jump_target,
+                                plain_jump_target, tokens)
 from .doctor_facts import Facts
-from .migrate import (LIBVIRT_PREFIX, chain_ref, find as find_old, our_jump,
-                      libvirt_forward_active)
+from .migrate import LIBVIRT_PREFIX, find as find_old, libvirt_forward_active
 from .model import Mode, Network
 
 Severity = Literal["problem", "note"]
@@ -89,10 +88,7 @@ def forward_users(facts: Facts, fam: int) -> list[Network]:
 
 
 def _tokens(args: str) -> list[str]:
-    try:
-        return shlex.split(args)
-    except ValueError:
-        return args.split()
+    return tokens(args) or args.split()
 
 
 def names_bridge(args: str, bridges: Iterable[str]) -> str | None:
@@ -124,7 +120,7 @@ def _our_jumps(rules: list[str], prefix: str | None) -> list[int]:
     if not prefix:
         return []
     ours = {f"{prefix}_{s}" for s in ("FWX", "FWI", "FWO")}
-    return [i for i, a in enumerate(rules) if our_jump(a) in ours]
+    return [i for i, a in enumerate(rules) if our_jump_target(a) in ours]
 
 
 def _is_vnetfw_table(name: str) -> bool:
@@ -511,7 +507,7 @@ def _layout_order(facts: Facts) -> list[Finding]:
         rules = live.tables[fam]["filter"].chains.get("FORWARD", [])
         if forward_jumps_in_order(rules, facts.prefix):     # the backend's own judgement
             continue
-        order = [chain_ref(a) for a in rules if (chain_ref(a) or "").startswith(
+        order = [plain_jump_target(a) for a in rules if (plain_jump_target(a) or "").startswith(
             (facts.prefix + "_FW", LIBVIRT_PREFIX + "_FW"))]
         out.append(Finding(
             f"layout-order-ipv{fam}", "problem",
@@ -525,7 +521,7 @@ def _layout_order(facts: Facts) -> list[Finding]:
             "comes before every incoming one and every incoming before every outgoing one, "
             "moving only vnetfw's; better, take every libvirt network over (vnetfw migrate "
             "--adopt) so only one layout remains.",
-            tuple(f"-A FORWARD {a}" for a in rules if chain_ref(a) in set(order))))
+            tuple(f"-A FORWARD {a}" for a in rules if plain_jump_target(a) in set(order))))
     return out
 
 

@@ -42,8 +42,8 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Iterable, Literal
 
-from .backends.iptables import (BUILTINS, COMMENT_PREFIX, JUMP_COMMENT, Foreign, IptLive,
-                                TableDump, parse_rule)
+from .backends.iptables import (BUILTINS, COMMENT_PREFIX, Foreign, IptLive, TableDump,
+                                parse_rule, plain_jump_target, tokens)
 from .errors import GuardError
 from .model import Network
 from .plan import PROFILES, network_rules
@@ -168,9 +168,8 @@ def semantics(args: str, family: Family, table: str) -> tuple[Rule, str | None] 
     """Parse iptables-save arguments of a rule in any chain into (semantic key, comment);
     None if the backend's parser does not fully understand the rule (then it is nobody's
     product rule). ``-m state --state`` is read as the equivalent conntrack state match."""
-    try:
-        tok = shlex.split(args)
-    except ValueError:
+    tok = tokens(args)
+    if tok is None:
         return None
     comment: str | None = None
     kept: list[str] = []
@@ -205,11 +204,7 @@ def _match(owners: list[tuple[str, str]], comment: str | None) -> tuple[str, str
 
 
 def _mentions(args: str, bridges: set[str], subnets: set[str]) -> str | None:
-    try:
-        tok = shlex.split(args)
-    except ValueError:
-        tok = args.split()
-    for t in tok:
+    for t in tokens(args) or args.split():
         if t in bridges:
             return f"names bridge {t} but is not a rule the old layout made"
         if "/" in t:
@@ -256,47 +251,10 @@ def find(live: IptLive, flavour: str, networks: Iterable[Network],
 # Edits
 
 
-def chain_ref(args: str) -> str | None:
-    """The target of a plain jump (``-j T``, optionally with one comment), else None."""
-    try:
-        tok = shlex.split(args)
-    except ValueError:
-        return None
-    if len(tok) == 2 and tok[0] == "-j":
-        return tok[1]
-    if len(tok) == 6 and tok[:3] == ["-m", "comment", "--comment"] and tok[4] == "-j":
-        return tok[5]
-    return None
-
-
 def plain_jump(args: str) -> str | None:
     """The target of ``-j T`` with no match and no comment (how libvirt writes its jumps)."""
-    ref = chain_ref(args)
-    return ref if ref is not None and _tokens_of(args) == ["-j", ref] else None
-
-
-def our_jump(args: str) -> str | None:
-    """The target of a jump the iptables backend treats as vnetfw's own: plain, or with
-    exactly vnetfw's jump comment (an admin's commented jump is the admin's)."""
-    tok = _tokens_of(args)
-    if len(tok) == 2 and tok[0] == "-j":
-        return tok[1]
-    if tok[:4] == ["-m", "comment", "--comment", JUMP_COMMENT] and len(tok) == 6 \
-            and tok[4] == "-j":
-        return tok[5]
-    return None
-
-
-def _tokens_of(args: str) -> list[str]:
-    try:
-        return shlex.split(args)
-    except ValueError:
-        return []
-
-
-def jump_args(target: str) -> str:
-    """How vnetfw writes a jump (the iptables backend recognises it as its own)."""
-    return f'-m comment --comment {JUMP_COMMENT} -j {target}'
+    ref = plain_jump_target(args)
+    return ref if ref is not None and tokens(args) == ["-j", ref] else None
 
 
 @dataclass
@@ -349,10 +307,7 @@ def libvirt_chains_empty(after: IptLive) -> bool:
 
 def _refs(args: str) -> list[str]:
     """Chains a rule jumps or goes to."""
-    try:
-        tok = shlex.split(args)
-    except ValueError:
-        return []
+    tok = tokens(args) or []
     return [tok[i + 1] for i in range(len(tok) - 1) if tok[i] in ("-j", "-g", "--jump", "--goto")]
 
 

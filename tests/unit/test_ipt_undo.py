@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import shlex
 
-from vnetfw.backends.iptables import TableDump, TableEdit, _jump_args, _jump_edits
+from vnetfw.backends.iptables import TableDump, TableEdit, _jump_edits, jump_args
 from vnetfw.backends.ipt_undo import committed_tables, counters, undo_table
 
 OURS = ["VNETFW_FWX", "VNETFW_FWI", "VNETFW_FWO"]
@@ -137,7 +137,7 @@ def _random_case(rnd: random.Random):
     """A filter table as read, an edit like vnetfw's (migrate-style deletions of foreign
     rules, from FORWARD and from a libvirt chain that stays; a libvirt chain dropped; our
     chains edited by position; a new chain; jump repairs), and whether it committed."""
-    pool = FOREIGN + [_jump_args(t) for t in OURS] + [f"-j {t}" for t in OURS]
+    pool = FOREIGN + [jump_args(t) for t in OURS] + [f"-j {t}" for t in OURS]
     fwd = [canon(rnd.choice(pool)) for _ in range(rnd.randint(0, 8))]
     admin = [r for r in FOREIGN if "LIBVIRT" not in r]
     before = {"INPUT": [canon(rnd.choice(admin)) for _ in range(rnd.randint(0, 3))],

@@ -9,7 +9,7 @@ import shlex
 
 import pytest
 
-from vnetfw.backends.iptables import _jump_args, _jump_edits
+from vnetfw.backends.iptables import _jump_edits, jump_args
 
 OURS = ["VNETFW_FWX", "VNETFW_FWI", "VNETFW_FWO"]
 LV = ["-j LIBVIRT_FWX", "-j LIBVIRT_FWI", "-j LIBVIRT_FWO"]
@@ -51,12 +51,12 @@ def test_empty_chain_gets_the_three_jumps_at_the_top_in_order():
 
 
 def test_admin_rule_above_correct_jumps_stays_and_nothing_changes():
-    rules = [ADMIN] + [_jump_args(t) for t in OURS]
+    rules = [ADMIN] + [jump_args(t) for t in OURS]
     assert edits(rules)[0] == []
 
 
 def test_libvirt_restarted_above_us_is_reordered_without_moving_libvirt():
-    rules = LV + [_jump_args(t) for t in OURS]
+    rules = LV + [jump_args(t) for t in OURS]
     lines, items, after = edits(rules)
     assert lines and stage_sorted(targets(after))
     assert [t for t in targets(after) if t.startswith("LIBVIRT")] == [l[3:] for l in LV]
@@ -66,7 +66,7 @@ def test_libvirt_restarted_above_us_is_reordered_without_moving_libvirt():
 
 @pytest.mark.parametrize("perm", list(itertools.permutations(range(6))))
 def test_any_interleaving_ends_stage_sorted_and_stable(perm):
-    pool = LV + [_jump_args(t) for t in OURS]
+    pool = LV + [jump_args(t) for t in OURS]
     rules = [pool[i] for i in perm]
     lv_order = [r for r in rules if "LIBVIRT" in r]
     lines, _, after = edits(rules)
@@ -93,11 +93,11 @@ def test_jumps_into_a_chain_without_ours_refer_to_no_rule(rules):
 
 
 @pytest.mark.parametrize("rules", [
-    [ADMIN, _jump_args("VNETFW_FWO"), _jump_args("VNETFW_FWX"), _jump_args("VNETFW_FWI")],
-    [_jump_args("VNETFW_FWX"), ADMIN, _jump_args("VNETFW_FWX"), _jump_args("VNETFW_FWI"),
-     _jump_args("VNETFW_FWO"), _jump_args("VNETFW_FWI")],
-    [LV[0], _jump_args("VNETFW_FWI"), LV[1], _jump_args("VNETFW_FWX"), LV[2],
-     _jump_args("VNETFW_FWO")],
+    [ADMIN, jump_args("VNETFW_FWO"), jump_args("VNETFW_FWX"), jump_args("VNETFW_FWI")],
+    [jump_args("VNETFW_FWX"), ADMIN, jump_args("VNETFW_FWX"), jump_args("VNETFW_FWI"),
+     jump_args("VNETFW_FWO"), jump_args("VNETFW_FWI")],
+    [LV[0], jump_args("VNETFW_FWI"), LV[1], jump_args("VNETFW_FWX"), LV[2],
+     jump_args("VNETFW_FWO")],
 ])
 def test_our_jumps_are_deleted_by_their_text_never_by_position(rules):
     """A repair deletes our jumps by their text: "-D FORWARD 3" is resolved when the restore
@@ -134,7 +134,7 @@ def test_random_chains_end_with_our_jumps_once_in_order_and_nothing_else_moved()
     layout's staged jumps, and admin rules, played as iptables would: each of our jumps
     once, stage order across layouts (when the other layout is in order itself), every
     other rule unchanged and in place, and a second run changes nothing."""
-    pool = [_jump_args(t) for t in OURS] + [f"-m comment --comment vnetfw -j {t}" for t in OURS] \
+    pool = [jump_args(t) for t in OURS] + [f"-m comment --comment vnetfw -j {t}" for t in OURS] \
         + [f"-j {t}" for t in OURS] + LV + [ADMIN, "-i eth0 -j ACCEPT"]
     stage = {"FWX": 0, "FWI": 1, "FWO": 2}
     rnd = random.Random(7)

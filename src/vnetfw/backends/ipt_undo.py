@@ -38,12 +38,11 @@ is reported); no other rule is touched either way.
 from __future__ import annotations
 
 import re
-import shlex
 from bisect import bisect_left
 from functools import lru_cache
 from typing import Optional, Sequence
 
-from .iptables import TableDump, TableEdit
+from .iptables import TableDump, TableEdit, tokens
 
 Key = tuple[str, ...]
 Item = tuple[Optional[int], str]    # (index in ``before``'s chain, or None: the edit's), text
@@ -53,12 +52,8 @@ Item = tuple[Optional[int], str]    # (index in ``before``'s chain, or None: the
 def _key(text: str) -> Key:
     """What iptables calls the same rule, as far as spelling goes: quotes are spelling
     (vnetfw writes ``--comment "vnetfw"``, iptables-save prints ``--comment vnetfw``)."""
-    if '"' not in text and "'" not in text and "\\" not in text:
-        return tuple(text.split())          # what shlex would say, 30 times faster
-    try:
-        return tuple(shlex.split(text))
-    except ValueError:
-        return (text,)
+    tok = tokens(text)
+    return (text,) if tok is None else tuple(tok)
 
 
 def counters(text: str) -> dict[str, list[str]]:

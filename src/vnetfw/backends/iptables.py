@@ -177,11 +177,22 @@ def _ports(text: str) -> tuple[int, int]:
     return int(lo), int(hi or lo)
 
 
+def tokens(args: str) -> list[str] | None:
+    """iptables-save arguments split as iptables reads them: quotes are spelling, not content
+    (vnetfw writes ``--comment "vnetfw"``, iptables-save prints ``--comment vnetfw``). None
+    when the quotes do not pair, which iptables-save never prints."""
+    if '"' not in args and "'" not in args and "\\" not in args:
+        return args.split()          # what shlex would say, 30 times faster
+    try:
+        return shlex.split(args)
+    except ValueError:
+        return None
+
+
 def parse_rule(args: str, family: Family, table: str, suffix: str) -> Rule | Foreign:
     """iptables-save arguments of a rule in a vnetfw chain -> ``Rule`` (or ``Foreign``)."""
-    try:
-        tok = shlex.split(args)
-    except ValueError:
+    tok = tokens(args)
+    if tok is None:
         return Foreign(args)
     kw: dict = {}
     network = ""
@@ -248,7 +259,8 @@ def parse_rule(args: str, family: Family, table: str, suffix: str) -> Rule | For
                 **kw)
 
 
-def _jump_args(target: str) -> str:
+def jump_args(target: str) -> str:
+    """How vnetfw writes a jump to one of its chains (``our_jump_target`` reads it back)."""
     return f"{_comment(JUMP_COMMENT)} -j {target}"
 
 
@@ -275,15 +287,27 @@ _STAGE_OF = {"FWX": 0, "FWI": 1, "FWO": 2}
 _STAGED_CHAIN = re.compile(r"^[A-Za-z][A-Za-z0-9_]*_(FWX|FWI|FWO)$")
 
 
-def _plain_jump_target(args: str) -> str | None:
+def plain_jump_target(args: str) -> str | None:
     """The target of a jump with no match but an optional comment (how vnetfw and libvirt
     link their private chains), else None."""
     if "-j " not in args:
         return None
-    tok = shlex.split(args)
+    tok = tokens(args) or []
     if len(tok) == 2 and tok[0] == "-j":
         return tok[1]
     if len(tok) == 6 and tok[:3] == ["-m", "comment", "--comment"] and tok[4] == "-j":
+        return tok[5]
+    return None
+
+
+def our_jump_target(args: str) -> str | None:
+    """The target of a jump this backend treats as vnetfw's own: plain, or with exactly
+    vnetfw's jump comment (an admin's commented jump is the admin's)."""
+    tok = tokens(args) or []
+    if len(tok) == 2 and tok[0] == "-j":
+        return tok[1]
+    if tok[:4] == ["-m", "comment", "--comment", JUMP_COMMENT] and len(tok) == 6 \
+            and tok[4] == "-j":
         return tok[5]
     return None
 
@@ -308,7 +332,7 @@ def _jump_edits(live_rules: list[str], builtin: str, targets: list[str],
     # (kind, target, stage) per rule: "ours", "peer" (another layout's staged jump) or None.
     entries: list[tuple[str | None, str | None, int]] = []
     for args in live_rules:
-        t = _plain_jump_target(args)
+        t = plain_jump_target(args)
         if t in ours:
             entries.append(("ours", t, ours[t]))
         elif len(targets) > 1 and t is not None and (m := _STAGED_CHAIN.match(t)):
@@ -354,7 +378,7 @@ def _jump_edits(live_rules: list[str], builtin: str, targets: list[str],
         if kind == "ours" and idx not in keep:
             gone.add(idx)
             # the same rule to iptables (its quotes are spelling, not content)
-            if first[t] in keep and shlex.split(live_rules[idx]) == shlex.split(
+            if first[t] in keep and tokens(live_rules[idx]) == tokens(
                     live_rules[first[t]]):
                 put_back.add(first[t])
     for idx in sorted(gone, reverse=True):
@@ -389,7 +413,7 @@ def _jump_edits(live_rules: list[str], builtin: str, targets: list[str],
         j = k
         while j + 1 < len(inserts) and inserts[j + 1][0] == inserts[j][0] + 1:
             j += 1
-        lines += [f"-I {builtin} {inserts[k][0] + 1} {_jump_args(t)}"
+        lines += [f"-I {builtin} {inserts[k][0] + 1} {jump_args(t)}"
                   for _, t in reversed(inserts[k:j + 1])]
         k = j + 1
     return lines
@@ -754,7 +778,7 @@ class IptablesBackend(Backend):
                 for spec in specs:
                     dump.chains[f"{committed.prefix}_{spec.suffix}"] = []
                     dump.chains.setdefault(spec.builtin, []).append(
-                        _jump_args(f"{committed.prefix}_{spec.suffix}"))
+                        jump_args(f"{committed.prefix}_{spec.suffix}"))
                 tables[fam][table] = dump
         return IptLive(tables, assumed=True)
 
@@ -808,7 +832,7 @@ class IptablesBackend(Backend):
         ours = [f"{prefix}_{s.suffix}" for s in chains_of(table)]
         for builtin in BUILTINS[table]:
             for rule in dump.chains.get(builtin, []):
-                tgt = _plain_jump_target(rule)
+                tgt = plain_jump_target(rule)
                 if tgt in ours:
                     ed.lines.append(f"-D {builtin} {rule}")
                     items.append(Change(fam, "delete", f"{table} {builtin}", f"jump to {tgt}"))
