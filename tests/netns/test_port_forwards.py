@@ -48,6 +48,10 @@ def _forwards() -> str:
                        f'to = "{WEB_G0[fam]}"\nto_port = {PORT}\nsource = ["{UP1[fam]}"]\n')
             out.append(f'[[network.port_forward]]\nproto = "{proto}"\nport = {8082 + fam * 100}\n'
                        f'to = "{WEB_G0[fam]}"\nto_port = {PORT}\nhost_address = "{H0[fam]}"\n')
+            # 9000: the same port in both families (an IPv6 packet must pass the IPv4
+            # map's DNAT untouched, and the other way round).
+            out.append(f'[[network.port_forward]]\nproto = "{proto}"\nport = 9000\n'
+                       f'to = "{WEB_G0[fam]}"\nto_port = {PORT}\n')
     return "".join(out)
 
 
@@ -139,6 +143,7 @@ def table_cases(fam: int):
         ("source inside source", "up:uplink1", g0, H1[fam], p1, UP1[fam]),
         ("address other than host_address", "up:uplink1", g0, H1[fam], p2, None),
         ("host_address itself", "up:uplink0", g0, H0[fam], p2, UP0[fam]),
+        ("the same port in both families", "up:uplink0", g0, H0[fam], 9000, UP0[fam]),
         ("the hypervisor itself", "hv", g0, H0[fam], p0, H0[fam]),
         ("hairpin from the same network", "web/g1", g0, H0[fam], p0, gw_web),
         ("guest of another nat network", "other/g0", g0, H0[fam], p0, ...),
