@@ -27,16 +27,14 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import struct
 from dataclasses import dataclass
 
 from .backends.nfgen import in_netns
 from .backends.runner import NETNS_DIR, netns_problem
 from .errors import BackendError
+from .linux import netlink as nl
 
-NETLINK_NETFILTER = 12
 NFNLGRP_NFTABLES = 7
-NFNL_SUBSYS_NFTABLES = 10
 SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
 NLMSG_ERROR, NLMSG_DONE, NLMSG_OVERRUN = 2, 3, 4
@@ -48,8 +46,6 @@ _MSG = {0: "add table", 2: "delete table", 3: "add chain", 5: "delete chain", 6:
         22: "add flowtable", 24: "delete flowtable", 26: "destroy table",
         27: "destroy chain", 28: "destroy rule", 29: "destroy set", 30: "destroy element",
         31: "destroy object", 32: "destroy flowtable"}
-NFT_MSG_NEWGEN = 15
-NFTA_GEN_ID, NFTA_GEN_PROC_PID, NFTA_GEN_PROC_NAME = 1, 2, 3
 # Attribute 1 of every table/chain/rule/set/element/object/flowtable message is its table.
 NFTA_X_TABLE = 1
 NFPROTO = {1: "inet", 2: "ip", 3: "arp", 5: "netdev", 7: "bridge", 10: "ip6"}
@@ -72,47 +68,33 @@ class NftEvent:
         return f"{self.what} {self.family} {self.table}".rstrip()
 
 
-def _attrs(data: bytes, pos: int, end: int) -> dict[int, bytes]:
-    out: dict[int, bytes] = {}
-    while pos + 4 <= end:
-        alen, atype = struct.unpack_from("=HH", data, pos)
-        if alen < 4:
-            break
-        out.setdefault(atype & 0x3FFF, data[pos + 4:pos + alen])   # drop NESTED/BYTEORDER bits
-        pos += (alen + 3) & ~3
-    return out
+def _text(value: bytes | None) -> str:
+    return (value or b"").split(b"\0")[0].decode(errors="replace")
 
 
 def parse_messages(data: bytes) -> list[NftEvent]:
     """Netlink datagram(s) -> nf_tables events (other subsystems and types are skipped)."""
     events: list[NftEvent] = []
-    pos = 0
-    while pos + 16 <= len(data):
-        mlen, mtype, _flags, _seq, _pid = struct.unpack_from("=IHHII", data, pos)
-        if mlen < 16 or pos + mlen > len(data):
-            break
-        if mtype >> 8 == NFNL_SUBSYS_NFTABLES and mlen >= 20:
-            kind = _MSG.get(mtype & 0xFF)
-            if kind is not None:
-                family = NFPROTO.get(data[pos + 16], str(data[pos + 16]))
-                a = _attrs(data, pos + 20, pos + mlen)
-                if kind == "gen":
-                    gid = a.get(NFTA_GEN_ID)
-                    ppid = a.get(NFTA_GEN_PROC_PID)
-                    events.append(NftEvent(
-                        "gen", genid=struct.unpack(">I", gid)[0] if gid and len(gid) == 4 else None,
-                        pid=struct.unpack(">I", ppid)[0] if ppid and len(ppid) == 4 else None,
-                        comm=a.get(NFTA_GEN_PROC_NAME, b"").split(b"\0")[0].decode(errors="replace")))
-                else:
-                    table = a.get(NFTA_X_TABLE, b"").split(b"\0")[0].decode(errors="replace")
-                    events.append(NftEvent(kind, family, table))
-        pos += (mlen + 3) & ~3
+    for mtype, start, end in nl.messages(data):
+        if mtype >> 8 != nl.NFNL_SUBSYS_NFTABLES or end - start < nl.NFGENMSG_LEN:
+            continue
+        kind = _MSG.get(mtype & 0xFF)
+        if kind is None:
+            continue
+        a = nl.attrs(data, start + nl.NFGENMSG_LEN, end)
+        if kind == "gen":
+            events.append(NftEvent("gen", genid=nl.be32(a.get(nl.NFTA_GEN_ID)),
+                                   pid=nl.be32(a.get(nl.NFTA_GEN_PROC_PID)),
+                                   comm=_text(a.get(nl.NFTA_GEN_PROC_NAME))))
+        else:
+            events.append(NftEvent(kind, NFPROTO.get(data[start], str(data[start])),
+                                   _text(a.get(NFTA_X_TABLE))))
     return events
 
 
 def _open_socket() -> socket.socket:
     s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC
-                      | socket.SOCK_NONBLOCK, NETLINK_NETFILTER)
+                      | socket.SOCK_NONBLOCK, nl.NETLINK_NETFILTER)
     try:
         s.bind((0, 0))
         s.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES)

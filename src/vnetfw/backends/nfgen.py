@@ -20,15 +20,11 @@ import struct
 import threading
 from typing import Callable, NamedTuple, TypeVar
 
+from ..linux import netlink as nl
 from .runner import CLONE_NEWNET, LIBC
 
 T = TypeVar("T")
 
-NETLINK_NETFILTER = 12
-NFNL_SUBSYS_NFTABLES = 10
-NFT_MSG_GETGEN = 16
-NFTA_GEN_ID = 1
-NLM_F_REQUEST = 1
 SO_NETNS_COOKIE = 71            # Linux >= 5.14
 
 
@@ -49,31 +45,29 @@ class Generation(NamedTuple):
 
 
 def _genid_here() -> Generation:
-    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nl.NETLINK_NETFILTER)
     try:
         # The socket belongs to the namespace it was created in: its cookie is that one's.
         cookie = netns_cookie(s)
         s.bind((0, 0))
         s.settimeout(2.0)
         body = struct.pack("BBH", socket.AF_UNSPEC, 0, 0)          # struct nfgenmsg
-        s.send(struct.pack("=IHHII", 16 + len(body),
-                           (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN, NLM_F_REQUEST, 1, 0)
-               + body)
-        data = s.recv(65536)
-        length = struct.unpack_from("=I", data)[0]
-        off = 16 + 4                                   # nlmsghdr + nfgenmsg
-        attrs: dict[int, bytes] = {}
-        while off + 4 <= length:
-            alen, atype = struct.unpack_from("=HH", data, off)
-            if alen < 4:
-                break
-            attrs[atype & 0x3FFF] = data[off + 4:off + alen]
-            off += (alen + 3) & ~3
-        if NFTA_GEN_ID not in attrs:
+        s.send(nl.message((nl.NFNL_SUBSYS_NFTABLES << 8) | nl.NFT_MSG_GETGEN,
+                          nl.NLM_F_REQUEST, 1, body))
+        gen = genid_of(s.recv(65536))
+        if gen is None:
             raise OSError("no generation id in the kernel's answer")
-        return Generation(struct.unpack(">I", attrs[NFTA_GEN_ID][:4])[0], cookie, _boot_id())
+        return Generation(gen, cookie, _boot_id())
     finally:
         s.close()
+
+
+def genid_of(data: bytes) -> int | None:
+    """The generation id in the kernel's answer to NFT_MSG_GETGEN (None: not there)."""
+    for mtype, start, end in nl.messages(data):
+        if mtype == (nl.NFNL_SUBSYS_NFTABLES << 8) | nl.NFT_MSG_NEWGEN:
+            return nl.be32(nl.attrs(data, start + nl.NFGENMSG_LEN, end).get(nl.NFTA_GEN_ID))
+    return None
 
 
 def genid(netns_path: str | None = None) -> Generation:

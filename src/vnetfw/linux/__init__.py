@@ -1,4 +1,5 @@
-"""Thin adapters over Linux interfaces that are not the firewall: D-Bus (``dbus``).
+"""Thin adapters over Linux interfaces: D-Bus (``dbus``) and nf_tables' netlink messages
+(``netlink``).
 
 Each module wraps one interface behind the few calls vnetfw needs and says in its docstring
 what it promises; none of them is imported on the hot paths (``--help``, ``status``,
