@@ -2,6 +2,7 @@
 (``netlink``).
 
 Each module wraps one interface behind the few calls vnetfw needs and says in its docstring
-what it promises; none of them is imported on the hot paths (``--help``, ``status``,
-``apply`` without firewalld), so their dependencies cost nothing there.
+what it promises. ``netlink`` is pure and needs only ``struct`` (every command that reads
+the generation imports it); ``dbus`` loads jeepney only once a bus is asked, so ``--help``,
+``status`` and an ``apply`` without firewalld never pay for it.
 """
