@@ -194,3 +194,19 @@ def test_an_ignored_event_imports_no_engine_nor_parser():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.split() == []
+
+
+def test_a_failed_commit_fails_the_start(monkeypatch, capsys):
+    """The engine's failure (nothing applied: its commit is atomic) becomes a non-zero exit
+    with vnetfw's one line on stderr, which libvirt shows as the reason the start failed."""
+    from vnetfw import cli
+    from vnetfw.errors import BackendError
+
+    class Failing(FakeEngine):
+        def apply(self, nets):
+            raise BackendError("nft: Could not process rule: No such file or directory")
+    monkeypatch.setattr(cli, "_engine", lambda a: Failing())
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(hook_xml())))
+    assert main(["libvirt-hook", "web", "start", "begin", "-"]) == BackendError.exit_code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Could not process rule" in err[0]
