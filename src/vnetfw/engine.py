@@ -718,7 +718,7 @@ class Engine:
                     if n.allows:
                         later.append(n)
                         continue
-                    yield n.name, network_rules(n, prof)
+                    yield n.name, network_rules(n, prof, ())    # as plan() calls it: cached
                 every = everything()
                 for n in later:
                     yield n.name, network_rules(n, prof, peers_of(n, every))
@@ -980,7 +980,8 @@ class Engine:
             else {}
         return {"backend": b.name, "profile": prof.name, "prefix": prof.prefix,
                 "network": net, "in_sync": not drift, "drift": drift,
-                "rules": list(network_rules(net, prof)), "all_counted": counts is not None,
+                "rules": list(network_rules(net, prof, peers_of(net, state.networks))),
+                "all_counted": counts is not None,
                 "counters": {**fwd, **(counts or {})},
                 **_features(net, state.networks, desired, {**fwd, **(counts or {})})}
 

@@ -132,6 +132,8 @@ def _network_rules(net: Network, profile: Profile, peers: tuple[Network, ...]) -
     out += _general_v4(net, profile)
     if net.ips_of(6) or net.ipv6_nogw or profile.always_ipv6:
         out += _general_v6(net, profile)
+    if not net.port_forwards and not net.allows:
+        return out
     extra = _forward_rules(net) + _allow_rules(net, peers)
     if extra:
         # Hairpin masquerades and allow exemptions go first in the network's nat PRT

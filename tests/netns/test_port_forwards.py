@@ -260,6 +260,9 @@ def test_allow_waits_for_its_network(lab, eng):
     assert other["allows"][0]["waiting"] is False
     got = probe(lab, [("after", "other/g0", "db/g0", DB_G0[4], PORT, "udp")])
     assert got["after"].reached and got["after"].seen == "10.30.2.10"
+    # show lists the allow's rules with the network's own, and finds no drift in them
+    sh = eng.show("other")
+    assert sh["in_sync"] and any(r.chain == "ALW" for r in sh["rules"])
 
 
 def test_status_counts_connections_per_forward(lab, eng, capsys):
