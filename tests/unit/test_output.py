@@ -139,3 +139,27 @@ def test_stdin_errors_name_stdin():
     assert p.returncode == 2 and p.stderr.startswith(b"vnetfw: error: <stdin>:")
     p = vnetfw("render", "-", "-", stdin=TOML)
     assert p.returncode == 2 and b"given twice" in p.stderr
+
+
+def test_a_change_finished_after_ctrl_c_says_so_in_its_one_document(monkeypatch, capsys):
+    """The first Ctrl-C during a commit is held back: the report is printed, then exit
+    130. With --json the one document says it was interrupted (and nothing else is
+    printed on stdout)."""
+    from vnetfw import cli
+    from vnetfw.engine import Report
+    from vnetfw.interrupts import DEFERRAL
+
+    class Fake:
+        class store:
+            on_wait = None
+
+        def setup(self, dry_run):
+            DEFERRAL.interrupted = True         # as the Deferral leaves it at the end
+            return Report("setup", "nftables", [Change(None, "create", "inet", "table t")])
+    monkeypatch.setattr(cli, "_engine", lambda a: Fake())
+    monkeypatch.setattr(cli, "has_net_admin", lambda: True)
+    assert cli.main(["setup", "--json"]) == 130
+    out, err = capsys.readouterr()
+    doc = valid(json.loads(out), "report")
+    assert doc["interrupted"] and doc["applied"] and doc["changed"]
+    assert "interrupted after the change in progress was finished" in err
