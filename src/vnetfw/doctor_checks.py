@@ -24,6 +24,7 @@ from typing import Any, Iterable, Literal
 
 from .backends.iptables import (IptLive, TableDump, forward_jumps_in_order, our_jump_target,
                                 plain_jump_target, tokens)
+from .backends.nft_layout import is_vnetfw_table
 from .doctor_facts import Facts
 from .migrate import LIBVIRT_PREFIX, find as find_old, libvirt_forward_active
 from .model import Mode, Network
@@ -121,14 +122,6 @@ def _our_jumps(rules: list[str], prefix: str | None) -> list[int]:
         return []
     ours = {f"{prefix}_{s}" for s in ("FWX", "FWI", "FWO")}
     return [i for i, a in enumerate(rules) if our_jump_target(a) in ours]
-
-
-def _is_vnetfw_table(name: str) -> bool:
-    try:
-        from .backends.nft_layout import is_vnetfw_table
-        return is_vnetfw_table(name)
-    except ImportError:                                 # pragma: no cover
-        return name == "vnetfw" or name.startswith(("vnetfw_", "vnetfw-"))
 
 
 IPTABLES_NFT_TABLES = {"filter", "nat", "mangle", "raw", "security"}
@@ -295,7 +288,7 @@ def _nft_forward_drops(facts: Facts) -> list[Finding]:
         rules_by_chain.setdefault((r["family"], r["table"], r["chain"]), []).append(r)
     for ch in _nft_items(facts, "chain"):
         fam, table = ch.get("family"), ch.get("table")
-        if ch.get("hook") != "forward" or _is_vnetfw_table(table):
+        if ch.get("hook") != "forward" or is_vnetfw_table(table):
             continue
         if fam in ("ip", "ip6") and table in IPTABLES_NFT_TABLES:
             continue                                   # iptables-nft: checked above

@@ -11,11 +11,11 @@ cannot make them pass. Rules are torn down after every test.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import pytest
 
+from vnetfw.backends import registry
 from vnetfw.engine import Engine
 from vnetfw.lab import matrix
 from vnetfw.lab.topology import UPLINK0, UPLINK1, Lab
@@ -23,9 +23,7 @@ from vnetfw.sources.toml import parse_toml
 
 pytestmark = pytest.mark.netns
 
-BACKENDS = ["iptables-nft", "iptables-legacy"]
-if importlib.util.find_spec("vnetfw.backends.nftables") is not None:
-    BACKENDS.append("nftables")
+BACKENDS = list(registry.FLAVOURS) + [registry.NFTABLES]
 
 NETWORKS = parse_toml("""
 [[network]]

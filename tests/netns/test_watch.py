@@ -24,20 +24,13 @@ import pytest
 
 from tests.conftest import blocks_by_name, nsrun, save
 from tests.netns.test_engine import NETS
+from vnetfw.backends import registry
 from vnetfw.engine import Engine
 
 pytestmark = pytest.mark.netns
 
 
-def _have_nft_backend() -> bool:
-    try:
-        import vnetfw.backends.nftables  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-BACKENDS = ["iptables-nft", "iptables-legacy"] + (["nftables"] if _have_nft_backend() else [])
+BACKENDS = list(registry.FLAVOURS) + [registry.NFTABLES]
 NFT_BASED = {"iptables-nft", "nftables"}
 BOUND = 10.0            # generous: a repair that takes this long has failed
 LATENCIES: list[tuple[str, str, float]] = []
@@ -254,7 +247,6 @@ def test_admin_rules_above_jumps_survive_repairs(netns, flavour, tmp_path, watch
     assert w.stop() == 0
 
 
-@pytest.mark.skipif("nftables" not in BACKENDS, reason="no nftables backend in this build")
 def test_foreign_nft_table_survives_repairs(netns, tmp_path, watch_factory):
     state = tmp_path / "state"
     eng = Engine(backend="nftables", netns=netns, state_dir=state)
