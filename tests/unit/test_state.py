@@ -92,10 +92,10 @@ def test_a_generation_is_trusted_only_in_the_file_as_vnetfw_wrote_it(tmp_path):
     store.path.write_text(json.dumps(d, separators=(",", ":"), sort_keys=True) + "\n")
     st = store.load()
     assert list(st.networks) == ["a"] and st.generation is None
-    assert raw.startswith(b'{"_sha256":"')
+    assert raw.startswith(b'{"_crc32":"')
     for edit in (raw.replace(b'"VNETFW"', b'"VNETFX"'),             # any byte
-                 raw.replace(b'"_sha256":"', b'"_sha256": "'),       # even a space
-                 b"{" + raw[len('{"_sha256":"') + 66:]):              # or without it
+                 raw.replace(b'"_crc32":"', b'"_crc32": "'),         # even a space
+                 b"{" + raw[len('{"_crc32":"') + 10:]):               # or without it
         assert edit != raw
         store.path.write_bytes(edit)
         assert store.load().generation is None
