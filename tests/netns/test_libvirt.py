@@ -370,3 +370,17 @@ def test_convert_and_migrate_adopt_take_libvirts_network_over_with_no_gap(lv_hos
             p.wait()
         for n in made:
             n.delete()
+
+
+def test_net_update_re_applies_through_updated_begin(lv_host):
+    """virsh net-update (here: a static DHCP host, which a port forward may name) runs the
+    hook's 'updated begin' with the new definition: vnetfw re-applies it."""
+    h = lv_host
+    assert h.start(net_xml("upd", "vbu", 10, "nat"), "upd").returncode == 0
+    h.d.virsh("net-update", "upd", "add", "ip-dhcp-host",
+              "<host mac='52:54:00:00:00:01' name='www' ip='10.50.10.50'/>", "--live",
+              "--config")
+    assert h.events.read_text().splitlines() == ["upd added", "upd updated"]
+    (net,) = [n for n in json.loads(h.vnetfw("list", "--json").stdout)["networks"]]
+    assert net["ip"][0]["hosts"] == [{"name": "www", "ip": "10.50.10.50"}]
+    assert h.vnetfw("check").returncode == 0
