@@ -523,9 +523,6 @@ def main(argv: list[str] | None = None) -> int:
         DEFERRAL.raise_at_end = True        # an in-process caller after us: the default
 
 
-_stdout_gone = output.stdout_gone       # (its tests know it by this name)
-
-
 def run() -> NoReturn:
     """The process entry point (``vnetfw``, ``python -m vnetfw``): ``main``, then exit
     without the interpreter's teardown. A command that planned 1,000 networks leaves some

@@ -40,19 +40,19 @@ def test_stdout_gone_only_when_its_reader_left(monkeypatch):
     import io
     import os
     import socket
-    from vnetfw import cli
+    from vnetfw import output
     r, w = os.pipe()
     with io.open(w, "w") as out:
         monkeypatch.setattr(sys, "stdout", out)
-        assert not cli._stdout_gone()           # a reader is there
+        assert not output.stdout_gone()           # a reader is there
         os.close(r)
-        assert cli._stdout_gone()
+        assert output.stdout_gone()
     a, b = socket.socketpair()
     with a, io.open(a.fileno(), "w", closefd=False) as out:
         monkeypatch.setattr(sys, "stdout", out)
-        assert not cli._stdout_gone()
+        assert not output.stdout_gone()
         b.close()
-        assert cli._stdout_gone()
+        assert output.stdout_gone()
 
 
 def test_an_interrupt_says_what_state_it_leaves(monkeypatch, capsys):
