@@ -42,8 +42,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from ..errors import BackendError, RollbackIncomplete
-from ..ruleset import (CHECKSUM, LAYOUT, MASQUERADE, REJECT, SNAT, TABLES, Family, Foreign,
-                       Rule, Ruleset, chains_of)
+from ..ruleset import (CHECKSUM, DNAT, LAYOUT, MASQUERADE, REJECT, SNAT, TABLES, ChainSpec,
+                       Family, Foreign, Rule, Ruleset, chains_of)
 from . import Backend, Change, ChangeSet, Scope, sequence_edits
 from .nfgen import Generation
 from .registry import iptables_tool
@@ -57,6 +57,26 @@ BUILTINS = {
     "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
 }
 _DEFAULT_REJECT = {4: "icmp-port-unreachable", 6: "icmp6-port-unreachable"}
+# Port forwards and allows (docs/port-forwards.md): private chains of their own, created the
+# first time a definition uses them (so a firewall without any keeps libvirt's exact layout)
+# and kept, empty or not, until teardown. The DNAT chain is jumped from PREROUTING (what
+# arrives) and nat OUTPUT (the host's own connections to its addresses).
+FEATURE_SPECS: tuple[ChainSpec, ...] = (
+    ChainSpec("nat", "DNAT", "PREROUTING"),
+    ChainSpec("nat", "DNAT", "OUTPUT"),
+    ChainSpec("filter", "ALW", "FORWARD"),
+    ChainSpec("filter", "FWD", "FORWARD"),
+)
+# The FORWARD jumps' stages, in evaluation order. An allow (ALW) comes before the cross stage,
+# so an isolated network's allow gets past that network's own rejects and nothing else does;
+# a forward's accept of what it translated (FWD) after every cross stage (an isolated guest
+# never reaches a forward) and before every incoming stage (the target network's rejects).
+# Another layout's staged jumps (libvirt's FWX/FWI/FWO) have the stages 0, 1, 2.
+FORWARD_STAGES = {"ALW": -0.5, "FWX": 0, "FWD": 0.5, "FWI": 1, "FWO": 2}
+# A forward without a host address matches every local address (``-m addrtype --dst-type
+# LOCAL``) except loopback: in nat OUTPUT, a forward must never capture a service the host
+# offers on 127.0.0.1 or ::1 (and in PREROUTING nothing legitimate arrives for loopback).
+_LOOPBACK = {4: "127.0.0.0/8", 6: "::1/128"}
 _UNKNOWN = object()
 # How iptables (1.8.9 on) says the kernel lacks a target: parsing ``-j CHECKSUM`` asks the
 # kernel for the target's revision (x_tables: IPT_SO_GET_REVISION_TARGET; nf_tables:
@@ -123,6 +143,24 @@ def parse_save(text: str) -> dict[str, TableDump]:
 # Rule <-> iptables arguments
 
 
+def specs_of(table: str, features: bool) -> tuple[ChainSpec, ...]:
+    """The private chains of ``table`` and the builtin chains that jump to them (a chain
+    jumped from two builtins is listed twice); with ``features``, the forwards' and allows'
+    too."""
+    return chains_of(table) + (tuple(c for c in FEATURE_SPECS if c.table == table)
+                               if features else ())
+
+
+def suffixes_of(table: str, features: bool) -> list[str]:
+    """The private chains of ``table``, each once, in layout order."""
+    return list(dict.fromkeys(c.suffix for c in specs_of(table, features)))
+
+
+def _all_chains() -> list[tuple[str, str]]:
+    """(table, suffix) of every chain vnetfw may hold, each once: what readback reads."""
+    return list(dict.fromkeys((c.table, c.suffix) for c in LAYOUT + FEATURE_SPECS))
+
+
 def _comment(text: str) -> str:
     return f'-m comment --comment "{text}"'
 
@@ -134,20 +172,30 @@ def render_rule(r: Rule) -> str:
     it holds a ``:``). So the live ruleset is compared with the desired one as plain strings,
     and only the rules that differ are ever parsed."""
     a: list[str] = []
+    local = r.chain == "DNAT" and r.dst is None
     if r.src:
         a += ["-s", r.src]
     if r.dst:
         a += (["!"] if r.dst_neg else []) + ["-d", r.dst]
+    elif local:
+        a += ["!", "-d", _LOOPBACK[r.family]]
     if r.iif:
         a += ["-i", r.iif]
     if r.oif:
         a += (["!"] if r.oif_neg else []) + ["-o", r.oif]
     if r.proto:
         a += ["-p", r.proto]
-        if r.dport is not None:
-            a += ["-m", r.proto, "--dport", str(r.dport)]
-    if r.ctstate:
-        a += ["-m", "conntrack", "--ctstate", ",".join(r.ctstate)]
+    if local:
+        a += ["-m", "addrtype", "--dst-type", "LOCAL"]
+    if r.proto and r.dport is not None:
+        a += ["-m", r.proto, "--dport", str(r.dport) if r.dport_end is None
+              else f"{r.dport}:{r.dport_end}"]
+    if r.ctstate or r.ctstatus:
+        # iptables has no "ct status dnat" match, but conntrack's virtual state DNAT is the
+        # same test: the connection's reply tuple differs from its original destination.
+        a += ["-m", "conntrack", "--ctstate", ",".join(r.ctstate) or r.ctstatus]
+        if r.ctdir:
+            a += ["--ctdir", r.ctdir]
     a += [_comment(COMMENT_PREFIX + r.network)]
     a += ["-j", r.verdict]
     if r.verdict == REJECT:
@@ -161,6 +209,9 @@ def render_rule(r: Rule) -> str:
         a += ["--to-source", tgt]
     elif r.verdict == CHECKSUM:
         a += ["--checksum-fill"]
+    elif r.verdict == DNAT:
+        to = f"[{r.to_addr}]" if r.family == 6 else r.to_addr
+        a += ["--to-destination", f"{to}:{r.to_port}"]
     return " ".join(a)
 
 
@@ -198,6 +249,7 @@ def parse_rule(args: str, family: Family, table: str, suffix: str) -> Rule | For
     network = ""
     verdict = None
     neg = False
+    local = False
     i = 0
     try:
         while i < len(tok):
@@ -220,14 +272,32 @@ def parse_rule(args: str, family: Family, table: str, suffix: str) -> Rule | For
             elif t == "-p":
                 kw["proto"] = nxt
             elif t == "-m":
-                if nxt not in ("tcp", "udp", "conntrack", "comment"):
+                if nxt not in ("tcp", "udp", "conntrack", "comment", "addrtype"):
                     return Foreign(args)
+            elif t == "--dst-type":
+                if nxt != "LOCAL":
+                    return Foreign(args)
+                local = True
             elif t == "--dport":
-                kw["dport"] = int(nxt)
+                lo, _, hi = nxt.partition(":")
+                kw["dport"] = int(lo)
+                if hi:
+                    kw["dport_end"] = int(hi)
             elif t == "--ctstate":
                 states = set(nxt.split(","))
-                kw["ctstate"] = ("RELATED", "ESTABLISHED") if states == {"RELATED", "ESTABLISHED"} \
-                    else tuple(sorted(states))
+                if states == {"DNAT"}:
+                    kw["ctstatus"] = "DNAT"
+                elif "DNAT" in states or "SNAT" in states:
+                    return Foreign(args)
+                else:
+                    kw["ctstate"] = ("RELATED", "ESTABLISHED") \
+                        if states == {"RELATED", "ESTABLISHED"} else tuple(sorted(states))
+            elif t == "--ctdir":
+                kw["ctdir"] = nxt
+            elif t == "--to-destination":
+                addr, _, port = nxt.rpartition(":")
+                kw["to_addr"] = str(ipaddress.ip_address(addr.strip("[]")))
+                kw["to_port"] = int(port)
             elif t == "--comment":
                 if nxt.startswith(COMMENT_PREFIX):
                     network = nxt[len(COMMENT_PREFIX):]
@@ -255,8 +325,20 @@ def parse_rule(args: str, family: Family, table: str, suffix: str) -> Rule | For
         return Foreign(args)
     if verdict is None or not network:
         return Foreign(args)
-    return Rule(family=family, table=table, chain=suffix, network=network, verdict=verdict,
-                **kw)
+    if suffix == "DNAT":
+        # every local address but loopback (render_rule), or one host address
+        if local != (kw.get("dst_neg", False) and kw.get("dst") == _LOOPBACK[family]):
+            return Foreign(args)
+        if local:
+            del kw["dst"], kw["dst_neg"]
+    elif local:
+        return Foreign(args)
+    r = Rule(family=family, table=table, chain=suffix, network=network, verdict=verdict, **kw)
+    # What the parser accepts must be what render_rule writes: anything else (a DNAT with
+    # another spelling) is no rule of ours.
+    if suffix in ("DNAT", "ALW", "FWD") and tokens(render_rule(r)) != tok:
+        return Foreign(args)
+    return r
 
 
 def jump_args(target: str) -> str:
@@ -327,8 +409,14 @@ def _jump_edits(live_rules: list[str], builtin: str, targets: list[str],
     every incoming jump, and every incoming before every outgoing, across layouts. Were our
     FWO (each network's "allow out") before libvirt's FWI (its "reject in"), our guests
     could open connections into libvirt's networks, and the other way round.
+
+    ``targets`` are in stage order; a target's stage is its FORWARD stage
+    (``FORWARD_STAGES``, by its suffix) in FORWARD, its index elsewhere.
     """
-    ours = {t: i for i, t in enumerate(targets)}
+    if builtin == "FORWARD":
+        ours = {t: FORWARD_STAGES[t.rsplit("_", 1)[1]] for t in targets}
+    else:
+        ours = {t: i for i, t in enumerate(targets)}
     # (kind, target, stage) per rule: "ours", "peer" (another layout's staged jump) or None.
     entries: list[tuple[str | None, str | None, int]] = []
     for args in live_rules:
@@ -420,15 +508,27 @@ def _jump_edits(live_rules: list[str], builtin: str, targets: list[str],
 
 
 def _table_jumps(dump: "TableDump", prefix: str, fam: Family, table: str,
-                 items: list[Change]) -> list[str]:
+                 items: list[Change], features: bool = False) -> list[str]:
     """``_jump_edits`` for every builtin chain of ``table`` that links our chains."""
-    specs = chains_of(table)
+    specs = specs_of(table, features)
     lines: list[str] = []
     for builtin in dict.fromkeys(c.builtin for c in specs):
+        targets = [c.suffix for c in specs if c.builtin == builtin]
+        if builtin == "FORWARD":
+            targets.sort(key=FORWARD_STAGES.__getitem__)
         lines += _jump_edits(dump.chains.get(builtin, []), builtin,
-                             [f"{prefix}_{c.suffix}" for c in specs if c.builtin == builtin],
-                             fam, table, items)
+                             [f"{prefix}_{t}" for t in targets], fam, table, items)
     return lines
+
+
+def uses_features(live: "IptLive", desired: Ruleset | None, prefix: str) -> bool:
+    """Does the layout hold the forwards' and allows' chains: the desired rules use them,
+    or they are live already (kept once made, so that removing the last forward is a
+    change of rules, not of chains and jumps)."""
+    if desired is not None and any(r.feature for r in desired.rules):
+        return True
+    return any(f"{prefix}_{c.suffix}" in live.tables[fam].get(c.table, TableDump()).chains
+               for fam in live.tables for c in FEATURE_SPECS)
 
 
 def forward_jumps_in_order(forward_rules: list[str], prefix: str) -> bool:
@@ -531,17 +631,28 @@ class _Fresh:
     def __init__(self, live: IptLive, prefix: str) -> None:
         self.prefix = prefix
         self.rules: dict[tuple[Family, str, str], list[Rule]] = {
-            (f, c.table, c.suffix): [] for f in (4, 6) for c in LAYOUT}
+            (f, c.table, c.suffix): [] for f in (4, 6) for c in LAYOUT + FEATURE_SPECS}
+        # Set by the first network with a forward or an allow: the streams then declare
+        # the features' chains right there (iptables-restore takes a chain's declaration
+        # anywhere in its table) and every table gets their jumps.
+        self.features = False
         self.lines: dict[tuple[Family, str], list[str]] = {
             (f, t): [] for f in (4, 6) for t in TABLES}
         # Our jumps go among whatever the builtin chains hold now (an admin's rules).
-        self.jumps: dict[tuple[Family, str], tuple[list[str], list[Change]]] = {}
+        self._jumps: dict[tuple[Family, str, bool], tuple[list[str], list[Change]]] = {}
         for fam in (4, 6):
             for table in TABLES:
-                items: list[Change] = []
-                lines = _table_jumps(live.tables[fam].get(table, TableDump()), prefix, fam,
-                                     table, items)
-                self.jumps[fam, table] = (lines, items)
+                for feat in (False, True):
+                    items: list[Change] = []
+                    lines = _table_jumps(live.tables[fam].get(table, TableDump()), prefix,
+                                         fam, table, items, feat)
+                    self._jumps[fam, table, feat] = (lines, items)
+
+    def jumps(self, fam: Family, table: str) -> tuple[list[str], list[Change]]:
+        return self._jumps[fam, table, self.features]
+
+    def _chains(self, table: str) -> list[str]:
+        return [f"{self.prefix}_{s}" for s in suffixes_of(table, self.features)]
 
     def head(self, group: tuple[str, ...]) -> str:
         """The start of a group's script: its first table and that table's new chains."""
@@ -552,7 +663,15 @@ class _Fresh:
         """One network's IPv4 lines of each streamed table (the first of each group), by
         table, to stream; everything is also kept for ``tail`` and ``script``."""
         out: dict[str, list[str]] = {group[0]: [] for group in _STREAMS}
-        for r in rules:
+        if not self.features and any(r.feature for r in rules):
+            self.features = True
+            for table in out:
+                out[table] += [f":{self.prefix}_{c.suffix} - [0:0]\n" for c in FEATURE_SPECS
+                               if c.table == table and c.builtin != "OUTPUT"]
+        # A forwards' or allows' chain holds each network's rules sorted (Ruleset.canonical):
+        # loaded so, so that the next diff finds them in place. (Stable: every other
+        # chain keeps the planner's order.)
+        for r in sorted(rules, key=lambda r: repr(r) if r.feature else ""):
             line = f"-A {self.prefix}_{r.chain} {render_rule(r)}\n"
             self.rules[r.key].append(r)
             self.lines[r.family, r.table].append(line)
@@ -563,32 +682,30 @@ class _Fresh:
     def tail(self, fam: Family, group: tuple[str, ...]) -> str:
         """The group's first table's jumps and ``COMMIT``, then its other tables whole."""
         first, *rest = group
-        return ("".join(line + "\n" for line in self.jumps[fam, first][0]) + "COMMIT\n"
+        return ("".join(line + "\n" for line in self.jumps(fam, first)[0]) + "COMMIT\n"
                 + "".join(self._edit(fam, t).script(t) for t in rest))
 
     def script(self, fam: Family) -> str:
         """The family's whole script, every table, for a family that is not streamed."""
-        return "".join(self.head(g) + "".join(self.lines[fam, g[0]]) + self.tail(fam, g)
-                       for g in _STREAMS)
+        return "".join(self._edit(fam, t).script(t) for t in TABLES)
 
     def _edit(self, fam: Family, table: str) -> TableEdit:
-        return TableEdit([f"{self.prefix}_{c.suffix}" for c in chains_of(table)],
+        return TableEdit(self._chains(table),
                          [line.rstrip("\n") for line in self.lines[fam, table]]
-                         + self.jumps[fam, table][0])
+                         + self.jumps(fam, table)[0])
 
     def changeset(self) -> ChangeSet:
         items: list[Change] = []
         payload: dict[Family, dict[str, TableEdit]] = {4: {}, 6: {}}
         for fam in (4, 6):
             for table in TABLES:
-                specs = chains_of(table)
-                items += [Change(fam, "create", table, f"chain {self.prefix}_{c.suffix}")
-                          for c in specs]
-                for c in specs:
-                    where = f"{table} {self.prefix}_{c.suffix}"
+                items += [Change(fam, "create", table, f"chain {c}")
+                          for c in self._chains(table)]
+                for suffix in suffixes_of(table, self.features):
+                    where = f"{table} {self.prefix}_{suffix}"
                     items += [Change(fam, "add", where, "", r.network, r)
-                              for r in self.rules[fam, table, c.suffix]]
-                items += self.jumps[fam, table][1]
+                              for r in self.rules[fam, table, suffix]]
+                items += self.jumps(fam, table)[1]
                 payload[fam][table] = self._edit(fam, table)
         return ChangeSet(items, payload)
 
@@ -727,12 +844,12 @@ class IptablesBackend(Backend):
     def live_ruleset(self, live: IptLive, prefix: str) -> Ruleset:
         rules: list[Rule] = []
         for fam in (4, 6):
-            for spec in LAYOUT:
-                dump = live.tables[fam].get(spec.table)
+            for table, suffix in _all_chains():
+                dump = live.tables[fam].get(table)
                 if dump is None:
                     continue
-                chain = [r for args in dump.chains.get(f"{prefix}_{spec.suffix}", [])
-                         if isinstance(r := parse_rule(args, fam, spec.table, spec.suffix), Rule)]
+                chain = [r for args in dump.chains.get(f"{prefix}_{suffix}", [])
+                         if isinstance(r := parse_rule(args, fam, table, suffix), Rule)]
                 # Network blocks stand in the order they were applied; the planner's order
                 # is by name. Neither order means anything to a packet (see _in_live_order).
                 chain.sort(key=lambda r: r.network)
@@ -742,7 +859,8 @@ class IptablesBackend(Backend):
     def counters(self, live: IptLive, prefix: str) -> dict[Rule, tuple[int, int]]:
         """From the ``[packets:bytes]`` that ``iptables-save -c`` puts before each rule."""
         out: dict[Rule, tuple[int, int]] = {}
-        chains = {f"-A {prefix}_{spec.suffix} ": spec for spec in LAYOUT}
+        chains = {f"-A {prefix}_{suffix} ": ChainSpec(table, suffix, "")
+                  for table, suffix in _all_chains()}
         for fam in (4, 6):
             for table, dump in live.tables[fam].items():
                 for line in dump.text.splitlines():
@@ -757,6 +875,11 @@ class IptablesBackend(Backend):
                                 out[r] = (int(pk), int(by))
                             break
         return out
+
+    def forward_counters(self, live: IptLive, prefix: str) -> dict[Rule, tuple[int, int]]:
+        """What each port forward's DNAT rule counted: the first packet of every connection
+        it translated (the nat hooks see no other)."""
+        return {r: c for r, c in self.counters(live, prefix).items() if r.chain == "DNAT"}
 
     def assumed_live(self, committed: Ruleset) -> IptLive | None:
         """The layout as vnetfw committed it (private chains, one jump each, in order), when
@@ -788,8 +911,11 @@ class IptablesBackend(Backend):
         """What to run to get from ``live`` to ``desired`` (``scope``: setup/full/teardown)."""
         prefix = desired.prefix if desired is not None else prefix
         assert prefix is not None
-        if desired is not None:
-            _refuse_features(desired.rules)
+        features = scope == "teardown" or uses_features(live, desired, prefix)
+        if live.assumed and scope != "teardown" and features:
+            # The assumed layout has no features' chains (it cannot know whether they are
+            # live): declaring them would flush them, and their jumps would be doubled.
+            raise BackendError(f"{self.name}: forwards and allows need the live firewall read")
         items: list[Change] = []
         edits: dict[Family, dict[str, TableEdit]] = {}
         want = desired.by_chain() if desired is not None else {}
@@ -800,27 +926,29 @@ class IptablesBackend(Backend):
                 if scope == "teardown":
                     ed = self._teardown_table(dump, prefix, fam, table, items)
                 else:
-                    ed = self._sync_table(dump, prefix, fam, table, want, scope, items)
+                    ed = self._sync_table(dump, prefix, fam, table, want, scope, items,
+                                          features)
                 if not ed.empty:
                     edits[fam][table] = ed
         return ChangeSet(items, edits)
 
     def _sync_table(self, dump: TableDump, prefix: str, fam: Family, table: str,
-                    want: dict, scope: Scope, items: list[Change]) -> TableEdit:
+                    want: dict, scope: Scope, items: list[Change],
+                    features: bool = False) -> TableEdit:
         ed = TableEdit()
-        specs = chains_of(table)
-        for spec in specs:
-            name = f"{prefix}_{spec.suffix}"
+        suffixes = suffixes_of(table, features)
+        for suffix in suffixes:
+            name = f"{prefix}_{suffix}"
             if name not in dump.chains:
                 ed.new_chains.append(name)
                 items.append(Change(fam, "create", f"{table}", f"chain {name}"))
         if scope == "full":
-            for spec in specs:
-                name = f"{prefix}_{spec.suffix}"
+            for suffix in suffixes:
+                name = f"{prefix}_{suffix}"
                 ed.lines += _rule_edits(dump.chains.get(name, []),
-                                        want.get((fam, table, spec.suffix), []), name, fam,
-                                        table, spec.suffix, items)
-        ed.lines += _table_jumps(dump, prefix, fam, table, items)
+                                        want.get((fam, table, suffix), []), name, fam,
+                                        table, suffix, items)
+        ed.lines += _table_jumps(dump, prefix, fam, table, items, features)
         return ed
 
     def _teardown_table(self, dump: TableDump, prefix: str, fam: Family, table: str,
@@ -829,7 +957,7 @@ class IptablesBackend(Backend):
         never by a position that someone's insert could shift onto their own rule), then
         our chains flushed and deleted."""
         ed = TableEdit()
-        ours = [f"{prefix}_{s.suffix}" for s in chains_of(table)]
+        ours = [f"{prefix}_{s}" for s in suffixes_of(table, True)]
         for builtin in BUILTINS[table]:
             for rule in dump.chains.get(builtin, []):
                 tgt = plain_jump_target(rule)
@@ -909,7 +1037,7 @@ class IptablesBackend(Backend):
     @staticmethod
     def _holds(live: IptLive, prefix: str) -> bool:
         return any(f"{prefix}_{c.suffix}" in live.tables[fam].get(c.table, TableDump()).chains
-                   for fam in (4, 6) for c in LAYOUT)
+                   for fam in (4, 6) for c in LAYOUT + FEATURE_SPECS)
 
     def holds(self, prefix: str) -> bool:
         """A chain of ours in any table (a jump needs its chain). On x_tables, where no
@@ -936,7 +1064,6 @@ class IptablesBackend(Backend):
         written kills every restore: nothing is committed. Any failure after it, an
         interrupt included, is undone in every family whose restores started by taking out
         vnetfw's chains and jumps again (``_undo_fresh``). Errors name the restore."""
-        networks = ((net, _refuse_features(rules)) for net, rules in networks)
         fresh = _Fresh(live, prefix)
         # All started now, so that one that cannot start (FeedUnavailable) stops the load
         # before anything is written; IPv6's waits for its input (iptables-nft takes no
@@ -1109,15 +1236,3 @@ class IptablesBackend(Backend):
                 problems.append(f"ipv{fam}: {e}")
         return problems
 
-
-def _refuse_features(rules: Sequence[Rule]) -> Sequence[Rule]:
-    """Port forwards and allows are implemented by the nftables backend only (so far):
-    refuse them here, before anything is written, rather than load half of them (a
-    hairpin masquerade without its ``ct status`` match would masquerade every connection
-    inside a subnet)."""
-    for r in rules:
-        if r.feature or r.ctstatus is not None:
-            raise BackendError(f"iptables: network {r.network!r} has port forwards or allows, "
-                               "which vnetfw implements with the nftables backend only (so "
-                               "far): use --backend nftables")
-    return rules
