@@ -485,3 +485,165 @@ def test_an_undo_interrupted_again_is_reported_not_lost():
     problems = IptablesBackend(runner, flavour="iptables-nft")._undo_fresh("VNETFW", [4, 6])
     assert problems == ["undo interrupted (KeyboardInterrupt): vnetfw's chains may be left; "
                         "'vnetfw teardown' takes them out"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Port forwards and allows (docs/port-forwards.md): their chains, rules and readback
+
+FWD_TOML = '''
+[[network]]
+name = "web"
+bridge = "br-web"
+mode = "nat"
+nat = { ipv6 = true }
+ip = [{ address = "10.30.1.1", prefix = 24 }, { address = "fd30:1::1", prefix = 64 }]
+[[network.port_forward]]
+proto = "tcp"
+port = "2200-2201"
+to = "10.30.1.10"
+to_port = "22-23"
+[[network.port_forward]]
+proto = "udp"
+port = 53
+to = "fd30:1::10"
+host_address = "2001:db8::5"
+source = ["2001:db8:1::/48"]
+[[network.allow]]
+to = "db"
+ports = ["tcp/5432-5433"]
+[[network]]
+name = "db"
+bridge = "br-db"
+mode = "route"
+ip = [{ address = "10.30.5.1", prefix = 24 }]
+'''
+
+
+def _forward_ruleset(profile="default") -> Ruleset:
+    from vnetfw.sources.toml import parse_toml
+    return plan(parse_toml(FWD_TOML, "fwd.toml"), PROFILES[profile])
+
+
+@pytest.mark.parametrize("rule, text", [
+    (R("DNAT", "DNAT", table="nat", proto="tcp", dport=2200, to_addr="10.30.1.10", to_port=22),
+     '! -d 127.0.0.0/8 -p tcp -m addrtype --dst-type LOCAL -m tcp --dport 2200 '
+     '-m comment --comment "vnetfw:net1" -j DNAT --to-destination 10.30.1.10:22'),
+    (R("DNAT", "DNAT", family=6, table="nat", proto="udp", dport=53, src="2001:db8:1::/48",
+       dst="2001:db8::5/128", to_addr="fd30:1::10", to_port=53),
+     '-s 2001:db8:1::/48 -d 2001:db8::5/128 -p udp -m udp --dport 53 '
+     '-m comment --comment "vnetfw:net1" -j DNAT --to-destination [fd30:1::10]:53'),
+    (R("FWD", oif="br-web", dst="10.30.1.10/32", proto="tcp", dport=22, ctstatus="DNAT"),
+     '-d 10.30.1.10/32 -o br-web -p tcp -m tcp --dport 22 -m conntrack --ctstate DNAT '
+     '-m comment --comment "vnetfw:net1" -j ACCEPT'),
+    (R("PRT", "MASQUERADE", table="nat", src="10.30.1.0/24", dst="10.30.1.0/24",
+       ctstatus="DNAT"),
+     '-s 10.30.1.0/24 -d 10.30.1.0/24 -m conntrack --ctstate DNAT '
+     '-m comment --comment "vnetfw:net1" -j MASQUERADE'),
+    (R("ALW", iif="br-web", src="10.30.1.0/24", dst="10.30.5.0/24", proto="tcp", dport=5432,
+       dport_end=5433),
+     '-s 10.30.1.0/24 -d 10.30.5.0/24 -i br-web -p tcp -m tcp --dport 5432:5433 '
+     '-m comment --comment "vnetfw:net1" -j ACCEPT'),
+    (R("ALW", iif="br-db", src="10.30.5.0/24", dst="10.30.1.0/24", ctstate=CT_REPLY,
+       ctdir="REPLY"),
+     '-s 10.30.5.0/24 -d 10.30.1.0/24 -i br-db -m conntrack --ctstate RELATED,ESTABLISHED '
+     '--ctdir REPLY -m comment --comment "vnetfw:net1" -j ACCEPT'),
+])
+def test_feature_rule_text_and_back(rule, text):
+    assert render_rule(rule) == text
+    assert parse_rule(text.replace('"', ""), rule.family, rule.table, rule.chain) == rule
+
+
+@pytest.mark.parametrize("text", [
+    # a DNAT to every address, loopback included: not vnetfw's (it would capture the
+    # host's own loopback services from nat OUTPUT)
+    '-p tcp -m addrtype --dst-type LOCAL -m tcp --dport 80 -m comment --comment vnetfw:x '
+    '-j DNAT --to-destination 10.0.0.1:80',
+    # no address match at all
+    '-p tcp -m tcp --dport 80 -m comment --comment vnetfw:x -j DNAT --to-destination 10.0.0.1:80',
+    # another spelling of the virtual state
+    '-d 10.0.0.1/32 -o br -m conntrack --ctstate DNAT,ESTABLISHED -m comment --comment vnetfw:x '
+    '-j ACCEPT',
+])
+def test_feature_rules_vnetfw_does_not_write_are_foreign(text):
+    chain = "DNAT" if "-j DNAT" in text else "FWD"
+    table = "nat" if chain == "DNAT" else "filter"
+    assert isinstance(parse_rule(text, 4, table, chain), Foreign)
+
+
+def test_feature_chains_and_their_jumps_in_stage_order():
+    text = backend().render(_forward_ruleset(), 4)
+    forward = [line.split()[-1] for line in text.splitlines() if line.startswith("-I FORWARD")]
+    # inserted at position 1 backwards: the chain reads ALW FWX FWD FWI FWO
+    assert list(reversed(forward)) == [f"VNETFW_{s}" for s in
+                                       ("ALW", "FWX", "FWD", "FWI", "FWO")]
+    assert "-I PREROUTING 1 -m comment --comment \"vnetfw\" -j VNETFW_DNAT" in text
+    assert "-I OUTPUT 1 -m comment --comment \"vnetfw\" -j VNETFW_DNAT" in text
+    # a range maps one to one: a rule per port
+    assert "--dport 2200 -m comment --comment \"vnetfw:web\" -j DNAT --to-destination " \
+        "10.30.1.10:22" in text
+    assert "--dport 2201 -m comment --comment \"vnetfw:web\" -j DNAT --to-destination " \
+        "10.30.1.10:23" in text
+
+
+def test_no_feature_chains_without_forwards_or_allows():
+    plain = _forward_ruleset()
+    plain = Ruleset.canonical(plain.prefix, [r for r in plain.rules if not r.feature
+                                             and r.ctstatus is None])
+    text = backend().render(plain)
+    assert "_DNAT" not in text and "_ALW" not in text and "_FWD" not in text
+
+
+def _live_from_render(rs: Ruleset) -> IptLive:
+    """The tables as iptables-save would print them after rendering ``rs`` into nothing."""
+    tables = {}
+    for fam in (4, 6):
+        dumps = {}
+        for block in backend().render(rs, fam).split("COMMIT\n"):
+            lines = block.strip().splitlines()
+            if not lines:
+                continue
+            d = TableDump()
+            for line in lines[1:]:
+                if line.startswith(":"):
+                    d.chains.setdefault(line[1:].split()[0], [])
+                elif line.startswith("-A "):
+                    chain, _, args = line[3:].partition(" ")
+                    d.chains.setdefault(chain, []).append(args)
+                elif line.startswith("-I "):
+                    _, chain, pos, args = line.split(" ", 3)
+                    d.chains.setdefault(chain, []).insert(int(pos) - 1, args)
+            dumps[lines[0][1:]] = d
+        tables[fam] = dumps
+    return IptLive(tables)
+
+
+def test_forwards_read_back_and_reapply_changes_nothing_and_kept_chains():
+    rs = _forward_ruleset()
+    live = _live_from_render(rs)
+    b = backend()
+    assert b.live_ruleset(live, rs.prefix) == rs
+    assert not b.changes(live, rs, "full").items
+    # every forward and allow gone: their rules go, their chains and jumps stay
+    bare = Ruleset.canonical(rs.prefix, [r for r in rs.rules if not r.feature
+                                         and r.ctstatus is None])
+    items = b.changes(live, bare, "full").items
+    assert items and all(c.what == "delete" and c.rule is not None for c in items)
+    # teardown takes every chain of vnetfw's, the features' too, and their jumps
+    down = b.script(b.changes(live, None, "teardown", rs.prefix), 4)
+    assert "-X VNETFW_DNAT" in down and "-X VNETFW_ALW" in down and "-X VNETFW_FWD" in down
+    assert "-D PREROUTING" in down
+    assert '-D OUTPUT -m comment --comment "vnetfw" -j VNETFW_DNAT' in down
+
+
+def test_assumed_layout_refuses_forwards():
+    """The no-readback path cannot know whether the features' chains are live: it refuses,
+    and the engine reads the firewall instead."""
+    rs = _forward_ruleset()
+    b = backend()
+    assumed = b.assumed_live(Ruleset(rs.prefix))
+    with pytest.raises(BackendError, match="live firewall read"):
+        b.changes(assumed, rs, "full")
+
+
+def backend() -> IptablesBackend:
+    return IptablesBackend(SaveRunner(""), "iptables-nft")
