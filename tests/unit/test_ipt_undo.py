@@ -273,3 +273,25 @@ def test_long_chains_of_any_shape_are_lined_up_by_a_common_subsequence():
         assert all(p[0] < q[0] and p[1] < q[1] for p, q in zip(pairs, pairs[1:])), name
     a, b = shapes["unique"]
     assert len(_common(a, b)) == len(b)
+
+
+def test_a_failed_change_that_made_the_forwards_chains_takes_them_and_their_jumps_out():
+    """Adding the first forward creates the DNAT chain and its two jumps (PREROUTING, nat
+    OUTPUT) and the ALW/FWD chains between the FORWARD stages: undone, every one goes, and
+    an admin's rule written meanwhile stays."""
+    from vnetfw.backends.iptables import IptablesBackend, IptLive
+    from vnetfw.backends.runner import Runner
+    from vnetfw.ruleset import Rule, Ruleset
+    b = IptablesBackend(Runner(None), "iptables-nft")
+    before = {"PREROUTING": ["-j LIBVIRT_PRE"], "OUTPUT": [], "POSTROUTING": [jump_args(
+        "VNETFW_PRT")], "VNETFW_PRT": [], "LIBVIRT_PRE": []}
+    fwd = Rule(4, "nat", "DNAT", "web", "DNAT", proto="tcp", dport=8080,
+               to_addr="10.0.0.10", to_port=80)
+    live = IptLive({4: {"nat": dump(before)}, 6: {}})
+    edit = b.changes(live, Ruleset.canonical("VNETFW", [fwd]), "full").payload[4]["nat"]
+    assert "VNETFW_DNAT" in edit.new_chains
+    now = play(before, edit)
+    assert canon(jump_args("VNETFW_DNAT")) in now["OUTPUT"]
+    now["OUTPUT"].append("-p tcp --dport 22 -j ACCEPT")       # an admin's, meanwhile
+    after = play(now, undo(before, now, edit))
+    assert after == {**before, "OUTPUT": ["-p tcp --dport 22 -j ACCEPT"]}
