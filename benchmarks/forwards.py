@@ -10,16 +10,17 @@ H holds N forwards: N-1 of them tcp 10000+i -> a guest address:port nothing list
 the measured one, tcp and udp 30000 -> G:80 / G:9. Layouts:
 
 - ``vnetfw-nftables``: vnetfw's nftables backend (the forwards are map and set elements);
+- ``vnetfw-iptables-nft``: vnetfw's iptables-nft backend (a DNAT rule per forwarded port
+  in a nat chain, an accept per guest port in a filter chain: docs/port-forwards.md);
 - ``docker-linear``: the layout Docker's iptables backend writes, on iptables-nft: a nat
   chain jumped from PREROUTING (``-m addrtype --dst-type LOCAL``) with one DNAT rule per
   published port, and a filter chain, after an ESTABLISHED accept, with one ACCEPT per
   published port; the measured port's rules come last (a container published last).
 
-vnetfw's iptables backends refuse forwards for now (docs/port-forwards.md), so they have no
-column. Measured: TCP connections per second (connect, read the close, close; two client
+Measured: TCP connections per second (connect, read the close, close; two client
 processes), 64-byte UDP datagrams per second delivered to the guest (one flow), and the
 whole CLI adding one forward to a definition of 10 and of 10,000 (``vnetfw apply FILE``,
-the previous N already applied). Python does the sending: the absolute numbers are the
+the previous N already applied; on nftables and iptables-nft). Python does the sending: the absolute numbers are the
 load generator's; the ratios between the columns, measured in the same run on the same
 topology, are what counts.
 
@@ -188,8 +189,13 @@ def docker_linear(n: int) -> str:
     return "\n".join(nat + ["COMMIT"] + flt + ["COMMIT"]) + "\n"
 
 
-def cli_apply(h, state: Path, path: Path) -> float:
-    argv = [sys.executable, "-m", "vnetfw", "--backend", "nftables", "--netns", h.name,
+LAYOUTS = ("vnetfw-nftables", "vnetfw-iptables-nft", "docker-linear")
+TITLES = {"vnetfw-nftables": "vnetfw nftables", "vnetfw-iptables-nft": "vnetfw iptables-nft",
+          "docker-linear": "Docker-style linear"}
+
+
+def cli_apply(h, state: Path, path: Path, backend: str = "nftables") -> float:
+    argv = [sys.executable, "-m", "vnetfw", "--backend", backend, "--netns", h.name,
             "--state-dir", str(state), "apply", str(path)]
     t0 = time.perf_counter()
     p = subprocess.run(argv, capture_output=True, text=True, timeout=600)
@@ -202,40 +208,43 @@ def cli_apply(h, state: Path, path: Path) -> float:
 def run(sizes: list[int], seconds: float, runs: int, log=print) -> dict:
     cells = []
     tmp = Path(tempfile.mkdtemp(prefix="vnbench-fwd-"))
-    for layout in ("vnetfw-nftables", "docker-linear"):
+    for layout in LAYOUTS:
         topo = Topology()
         try:
             for n in sorted(sizes):
-                if layout == "vnetfw-nftables":
+                if layout.startswith("vnetfw-"):
                     path = tmp / f"fwd-{n}.toml"
                     path.write_text(definition(n))
-                    cli_apply(topo.h, tmp / "state", path)
+                    cli_apply(topo.h, tmp / f"state-{layout}", path,
+                              layout.removeprefix("vnetfw-"))
                 else:
                     topo.h.run("iptables-nft-restore", stdin=docker_linear(n), timeout=TIMEOUT)
                 tcp = [topo.tcp_rate(seconds) for _ in range(runs)]
                 udp = [topo.udp_rate(seconds) for _ in range(runs)]
                 cells.append({"layout": layout, "n": n, "tcp_conn_s": statistics.median(tcp),
                               "udp_pps": statistics.median(udp), "tcp": tcp, "udp": udp})
-                log(f"  {layout:<16} N={n:<6} TCP {cells[-1]['tcp_conn_s']:8.0f} conn/s  "
+                log(f"  {layout:<19} N={n:<6} TCP {cells[-1]['tcp_conn_s']:8.0f} conn/s  "
                     f"UDP {cells[-1]['udp_pps']:8.0f} pps")
         finally:
             topo.close()
     # Adding one forward, whole CLI: N applied, then the same file with one more.
     adds = []
-    for n in (10, 10000):
+    for backend, n in [(b, n) for b in ("nftables", "iptables-nft") for n in (10, 10000)]:
         topo = Topology()
         try:
-            state = tmp / f"add-state-{n}"
+            state = tmp / f"add-state-{backend}-{n}"
             base, more = tmp / f"base-{n}.toml", tmp / f"more-{n}.toml"
             base.write_text(definition(n))
             more.write_text(definition(n) + f'[[network.port_forward]]\nproto = "tcp"\n'
                             f'port = 40000\nto = "{G_ADDR}"\nto_port = 81\n')
             times = []
             for _ in range(max(runs, 3)):
-                cli_apply(topo.h, state, base)
-                times.append(cli_apply(topo.h, state, more))
-            adds.append({"n": n, "cli_add1_s": statistics.median(times), "samples": times})
-            log(f"  add one forward at N={n:<6} {adds[-1]['cli_add1_s'] * 1000:7.0f} ms")
+                cli_apply(topo.h, state, base, backend)
+                times.append(cli_apply(topo.h, state, more, backend))
+            adds.append({"backend": backend, "n": n, "cli_add1_s": statistics.median(times),
+                         "samples": times})
+            log(f"  add one forward, {backend:<12} N={n:<6} "
+                f"{adds[-1]['cli_add1_s'] * 1000:7.0f} ms")
         finally:
             topo.close()
     return {"cells": cells, "add_one": adds, "seconds": seconds, "runs": runs}
@@ -245,24 +254,27 @@ def markdown(res: dict) -> str:
     cells = res["cells"]
     sizes = sorted({c["n"] for c in cells})
     by = {(c["layout"], c["n"]): c for c in cells}
-    lines = ["| forwards N | vnetfw nftables TCP conn/s | Docker-style linear TCP conn/s "
-             "| vnetfw nftables UDP pps | Docker-style linear UDP pps |",
-             "|---:|---:|---:|---:|---:|"]
+    layouts = [la for la in LAYOUTS if any(c["layout"] == la for c in cells)]
+    head = ["forwards N"] + [f"{TITLES[la]} TCP conn/s" for la in layouts] \
+        + [f"{TITLES[la]} UDP pps" for la in layouts]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
     for n in sizes:
-        v, d = by.get(("vnetfw-nftables", n)), by.get(("docker-linear", n))
-        lines.append(f"| {n:,} | {v['tcp_conn_s']:,.0f} | {d['tcp_conn_s']:,.0f} | "
-                     f"{v['udp_pps']:,.0f} | {d['udp_pps']:,.0f} |")
+        row = [f"{n:,}"] + [f"{by[la, n]['tcp_conn_s']:,.0f}" for la in layouts] \
+            + [f"{by[la, n]['udp_pps']:,.0f}" for la in layouts]
+        lines.append("| " + " | ".join(row) + " |")
     lo, hi = sizes[0], sizes[-1]
-    for layout in ("vnetfw-nftables", "docker-linear"):
+    for layout in layouts:
         a, b = by[(layout, lo)], by[(layout, hi)]
         lines.append(f"\n{layout}: at N={hi:,} keeps {b['tcp_conn_s'] / a['tcp_conn_s']:.0%} "
                      f"of its N={lo} TCP connection rate and {b['udp_pps'] / a['udp_pps']:.0%} "
                      "of its UDP packet rate.")
-    add = {a["n"]: a["cli_add1_s"] for a in res["add_one"]}
-    if 10 in add and 10000 in add:
-        lines.append(f"\nAdding one forward, whole CLI (nftables): {add[10] * 1000:.0f} ms at 10, "
-                     f"{add[10000] * 1000:.0f} ms at 10,000 existing "
-                     f"({add[10000] / add[10]:.2f}x).")
+    for backend in ("nftables", "iptables-nft"):
+        add = {a["n"]: a["cli_add1_s"] for a in res["add_one"]
+               if a.get("backend", "nftables") == backend}
+        if 10 in add and 10000 in add:
+            lines.append(f"\nAdding one forward, whole CLI ({backend}): {add[10] * 1000:.0f} ms "
+                         f"at 10, {add[10000] * 1000:.0f} ms at 10,000 existing "
+                         f"({add[10000] / add[10]:.2f}x).")
     return "\n".join(lines) + "\n"
 
 
