@@ -149,3 +149,29 @@ def test_random_chains_end_with_our_jumps_once_in_order_and_nothing_else_moved()
         if lv == sorted(lv):
             assert [stage[t[-3:]] for t in ts] == sorted(stage[t[-3:]] for t in ts), after
         assert _jump_edits(after, "FORWARD", OURS, 4, "filter", []) == [], (rules, after)
+
+
+FEATURED = ["VNETFW_ALW", "VNETFW_FWX", "VNETFW_FWD", "VNETFW_FWI", "VNETFW_FWO"]
+
+
+@pytest.mark.parametrize("live", [
+    [],
+    [jump_args(t) for t in OURS],
+    LV + [jump_args(t) for t in OURS],
+    [LV[0], jump_args(OURS[0]), LV[1], jump_args(OURS[1]), LV[2], jump_args(OURS[2])],
+    [ADMIN, jump_args(OURS[0]), LV[0], jump_args(OURS[1]), LV[1], LV[2], jump_args(OURS[2])],
+])
+def test_forwards_and_allows_jumps_go_in_between_the_stages(live):
+    """Allows before every cross stage, forwards' accepts after every cross stage (ours and
+    libvirt's) and before every incoming one; nothing else moves, and a second run is
+    silent."""
+    lines = _jump_edits(live, "FORWARD", FEATURED, 4, "filter", [])
+    after = apply(live, lines)
+    ts = [r.rsplit("-j ", 1)[1] for r in after if "-j " in r and r != ADMIN]
+    stage = {"ALW": -0.5, "FWX": 0, "FWD": 0.5, "FWI": 1, "FWO": 2}
+    st = [stage[t.rsplit("_", 1)[1]] for t in ts]
+    assert st == sorted(st), ts
+    assert [t for t in ts if t.startswith("VNETFW_")] == FEATURED
+    assert [r for r in after if r not in map(jump_args, FEATURED)] == \
+        [r for r in live if r not in map(jump_args, FEATURED)]
+    assert _jump_edits(after, "FORWARD", FEATURED, 4, "filter", []) == []
