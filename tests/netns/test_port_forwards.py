@@ -4,10 +4,9 @@ One lab: a hypervisor with a nat network holding the forwards' targets (IPv4 and
 IPv6 NAT, IPv6), a second nat network, a routed one, an isolated one and a nat network
 ``db`` that others are allowed into; two upstream hosts. Every row of the table of issue 14
 is a probe (the lab's agents listen on one port; a forward publishes another and
-translates to it), with bridge-nf-call-iptables 0 and 1 in the hypervisor, on nftables and
-iptables-nft; on iptables-legacy (the same rules through x_tables) with bridge-nf-call 1 only,
-the harder case of the two, to keep the suite's time modest. Drift repair, removal and
-teardown run on every backend.
+translates to it), with bridge-nf-call-iptables 0 and 1 in the hypervisor, on nftables,
+iptables-nft and iptables-legacy (the same rules through x_tables). The isolation matrix,
+drift repair, removal, teardown and the per-forward counters run on every backend.
 """
 
 from __future__ import annotations
@@ -177,9 +176,7 @@ ALLOW_PROTO = {"allow: listed port, real address": "udp",
                "allow from isolated: listed port": "tcp"}
 
 
-@pytest.mark.parametrize("backend, brnf", [
-    ("nftables", 0), ("nftables", 1), ("iptables-nft", 0), ("iptables-nft", 1),
-    ("iptables-legacy", 1)])
+@pytest.mark.parametrize("backend, brnf", [(b, n) for b in BACKENDS for n in (0, 1)])
 def test_every_row_of_the_table(lab, eng, backend, brnf):
     bridge_nf(lab, brnf)
     rep = eng.apply(NETWORKS)
@@ -216,7 +213,7 @@ def test_every_row_of_the_table(lab, eng, backend, brnf):
     assert eng.check() == []
 
 
-@pytest.mark.parametrize("backend", ["nftables", "iptables-nft"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_isolation_matrix_holds_with_forwards(lab, eng, backend):
     """The design's whole traffic matrix, with the forwards loaded (no allows: the
     policy module does not model them)."""
@@ -319,7 +316,7 @@ def test_allow_waits_for_its_network(lab, eng):
     assert sh["in_sync"] and any(r.chain == "ALW" for r in sh["rules"])
 
 
-@pytest.mark.parametrize("backend", ["nftables", "iptables-nft"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_status_counts_connections_per_forward(lab, eng, capsys, backend):
     eng.apply([BY_NAME["web"]])
     probe(lab, [("a", "up:uplink0", "web/g0", H0[4], 8480, "tcp"),
