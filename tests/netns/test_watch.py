@@ -364,3 +364,45 @@ def test_backend_mismatch_is_refused_not_migrated(netns, tmp_path, watch_factory
     assert w.count("repaired") == 0 and eng.check()
     assert "VNETFW" not in save(netns, "iptables-legacy")    # nothing moved to legacy
     assert w.stop() == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_watch_repairs_a_deleted_port_forward(netns, backend, tmp_path, watch_factory):
+    """A forward's DNAT deleted by hand (an nft element, an iptables rule) is put back by
+    watch like any rule, and the firewall ends as a fresh apply left it."""
+    import dataclasses
+    from vnetfw.sources.toml import parse_toml
+    net = NETS[0]
+    ip4 = next(ip for ip in net.ips if ip.family == 4)
+    guest = str(ip4.subnet.network_address + 10)
+    fw = parse_toml(f'''[[network]]
+name = "x"
+bridge = "brx"
+mode = "nat"
+ip = [{{ address = "{ip4.address}", prefix = {ip4.subnet.prefixlen} }}]
+[[network.port_forward]]
+proto = "tcp"
+port = 8080
+to = "{guest}"
+to_port = 80
+''', "t.toml")[0].port_forwards
+    nets = [dataclasses.replace(net, port_forwards=fw), *NETS[1:]]
+    state = tmp_path / "state"
+    eng = Engine(backend=backend, netns=netns, state_dir=state)
+    eng.apply(nets)
+    fresh = snapshot(netns, backend)
+    w = watch_factory(netns, state, backend, "--interval", interval_for(backend), "-v")
+    t0 = time.monotonic()
+    if backend == "nftables":
+        nsrun(netns, "nft", "delete", "element", "inet", "vnetfw", "dnat4",
+              "{", "tcp", ".", "8080", "}")
+    else:
+        nsrun(netns, registry.iptables_tool(backend, 4, ""), "-t", "nat", "-D", "VNETFW_DNAT", "1")
+    wait_repaired(eng, "deleted port forward", backend, t0, w)
+    w.wait_for(r"^<5>repaired \d+ difference")
+    got = snapshot(netns, backend)
+    if backend != "nftables":
+        got, fresh = blocks_by_name(got), blocks_by_name(fresh)
+    assert got == fresh
+    assert w.stop() == 0
+    eng.teardown()
