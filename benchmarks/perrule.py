@@ -56,7 +56,8 @@ def nft_commands(listing: dict) -> list[str]:
             first.append({"add": {"chain": body}})
         elif kind in ("map", "set"):
             el = body.pop("elem", [])
-            first.append({"add": {kind: body}})
+            first.append(_map_text(body) if kind == "map" and " . " in str(body.get("map"))
+                         else {"add": {kind: body}})
             for e in el:
                 elems.append({"add": {"element": {"family": body["family"],
                                                   "table": body["table"],
@@ -64,10 +65,25 @@ def nft_commands(listing: dict) -> list[str]:
         elif kind == "rule":
             rules.append({"add": {"rule": body}})
         # flowtables, counters, quotas...: not used by vnetfw; ignored
-    tables = [c for c in first if "table" in c["add"]]
-    rest = [c for c in first if "table" not in c["add"]]
-    return ["nft -j " + shlex.quote(json.dumps({"nftables": [c]}, separators=(",", ":")))
+    tables = [c for c in first if isinstance(c, dict) and "table" in c["add"]]
+    rest = [c for c in first if not (isinstance(c, dict) and "table" in c["add"])]
+    return [c if isinstance(c, str) else
+            "nft -j " + shlex.quote(json.dumps({"nftables": [c]}, separators=(",", ":")))
             for c in tables + rest + elems + rules]
+
+
+def _map_text(body: dict) -> str:
+    """A map whose data is a concatenation (the port forwards' ``addr . port``), as an
+    ``nft add map`` text command: nft 1.0.6 lists such a map's data type as the string
+    "a . b", refuses that string on input, and given the list ["a", "b"] silently creates a
+    plain set instead (checked by hand). libvirt's pattern is one process per object either
+    way, so only the syntax differs from the JSON commands."""
+    key = body["type"] if isinstance(body["type"], str) else " . ".join(body["type"])
+    flags = body.get("flags") or []
+    flags = [flags] if isinstance(flags, str) else flags
+    spec = f"type {key} : {body['map']};" + (f" flags {', '.join(flags)};" if flags else "")
+    return ("nft " + shlex.quote(f"add map {body['family']} {body['table']} {body['name']} "
+                                 f"{{ {spec} }}"))
 
 
 def run_script(ns: Netns, cmds: list[str], limit: float) -> tuple[float, bool, int]:
