@@ -26,6 +26,12 @@ Netfilter facts this module is built around:
   never silently kept inside a vnetfw chain).
 - Every rule carries ``-m comment --comment vnetfw:<network>`` so an admin can see who made
   it, and so readback knows the owner.
+- Port forwards and allows (docs/port-forwards.md) get chains of their own (``FEATURE_SPECS``)
+  once a definition uses them. ``-m conntrack --ctstate DNAT`` (conntrack's virtual state of
+  a translated connection) is the ``ct status dnat`` of the nftables backend: the hairpin
+  masquerade and the forwards' accepts match nothing else. A DNAT target with a port range
+  picks any port of it per connection (no one-to-one mapping), so a forwarded range is one
+  rule per port.
 - iptables-nft-restore fetches a chain's rules from the kernel to resolve ``-I CHAIN n`` or
   ``-D CHAIN n`` (~130 ms for a chain of 1,000 networks), but not for ``-A``: network blocks
   therefore stay where they stand and new networks are appended (``_in_live_order``), and
