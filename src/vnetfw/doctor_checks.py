@@ -120,7 +120,8 @@ def _catch_all_drop(args: str) -> bool:
 def _our_jumps(rules: list[str], prefix: str | None) -> list[int]:
     if not prefix:
         return []
-    ours = {f"{prefix}_{s}" for s in ("FWX", "FWI", "FWO")}
+    # the three stages, and the port forwards' and allows' jumps between them
+    ours = {f"{prefix}_{s}" for s in ("ALW", "FWX", "FWD", "FWI", "FWO")}
     return [i for i, a in enumerate(rules) if our_jump_target(a) in ours]
 
 
