@@ -281,6 +281,29 @@ CONNECT = ("import socket,sys,time\nok=fail=0\nend=time.time()+float(sys.argv[3]
            " time.sleep(0.01)\nprint(ok,fail)\n")
 
 
+def _uplink_and_guest(hv: Netns, net: str, uplink: str, tag: str,
+                      made: list[Netns]) -> tuple[Netns, Netns]:
+    """An upstream host (198.51.100.2, behind veth ``uplink`` of ``hv``, routing ``net``.0/24
+    through it) and a guest ``net``.10 on bridge vbd; both namespaces go into ``made``
+    as soon as they exist, for the caller to delete."""
+    up = Netns.create(f"vnt{os.getpid()}-{tag}u")
+    made.append(up)
+    g = Netns.create(f"vnt{os.getpid()}-{tag}g")
+    made.append(g)
+    hv.ip("link", "add", uplink, "type", "veth", "peer", "name", "eth0", "netns", up.name)
+    hv.ip("addr", "add", "198.51.100.1/24", "dev", uplink)
+    hv.ip("link", "set", uplink, "up")
+    up.ip("addr", "add", "198.51.100.2/24", "dev", "eth0")
+    up.ip("link", "set", "eth0", "up")
+    up.ip("route", "add", f"{net}.0/24", "via", "198.51.100.1")
+    hv.ip("link", "add", "vga", "type", "veth", "peer", "name", "eth0", "netns", g.name)
+    hv.ip("link", "set", "vga", "master", "vbd", "up")
+    g.ip("addr", "add", f"{net}.10/24", "dev", "eth0")
+    g.ip("link", "set", "eth0", "up")
+    g.ip("route", "add", "default", "via", f"{net}.1")
+    return up, g
+
+
 def _listen(ns: Netns, port: int) -> subprocess.Popen:
     p = subprocess.Popen(ns.argv(sys.executable, "-c", LISTEN, str(port)),
                          stdout=subprocess.PIPE, text=True)
@@ -310,21 +333,7 @@ def test_convert_and_migrate_adopt_take_libvirts_network_over_with_no_gap(lv_hos
     made: list[Netns] = []
     procs: list[subprocess.Popen] = []
     try:
-        up = Netns.create(f"vnt{os.getpid()}-lvau")
-        g = Netns.create(f"vnt{os.getpid()}-lvag")
-        made += [up, g]
-        h.ns.ip("link", "add", "uplink2", "type", "veth", "peer", "name", "eth0", "netns",
-                up.name)
-        h.ns.ip("addr", "add", "198.51.100.1/24", "dev", "uplink2")
-        h.ns.ip("link", "set", "uplink2", "up")
-        up.ip("addr", "add", "198.51.100.2/24", "dev", "eth0")
-        up.ip("link", "set", "eth0", "up")
-        up.ip("route", "add", "10.50.20.0/24", "via", "198.51.100.1")
-        h.ns.ip("link", "add", "vga", "type", "veth", "peer", "name", "eth0", "netns", g.name)
-        h.ns.ip("link", "set", "vga", "master", "vbd", "up")
-        g.ip("addr", "add", "10.50.20.10/24", "dev", "eth0")
-        g.ip("link", "set", "eth0", "up")
-        g.ip("route", "add", "default", "via", "10.50.20.1")
+        up, g = _uplink_and_guest(h.ns, "10.50.20", "uplink2", "lva", made)
         procs += [_listen(up, 5001), _listen(g, 5002)]
         out = _connect_loop(g, "198.51.100.2", 5001, 3.0)
         inn = _connect_loop(up, "10.50.20.10", 5002, 3.0)

@@ -70,21 +70,7 @@ def test_adopt_from_libvirts_nftables_tables_with_no_gap(host11, tmp_path):
     made: list[Netns] = []
     procs: list[subprocess.Popen] = []
     try:
-        up = Netns.create(f"vnt{os.getpid()}-l11u")
-        g = Netns.create(f"vnt{os.getpid()}-l11g")
-        made += [up, g]
-        h.ns.ip("link", "add", "uplink", "type", "veth", "peer", "name", "eth0", "netns",
-                up.name)
-        h.ns.ip("addr", "add", "198.51.100.1/24", "dev", "uplink")
-        h.ns.ip("link", "set", "uplink", "up")
-        up.ip("addr", "add", "198.51.100.2/24", "dev", "eth0")
-        up.ip("link", "set", "eth0", "up")
-        up.ip("route", "add", "10.50.30.0/24", "via", "198.51.100.1")
-        h.ns.ip("link", "add", "vga", "type", "veth", "peer", "name", "eth0", "netns", g.name)
-        h.ns.ip("link", "set", "vga", "master", "vbd", "up")
-        g.ip("addr", "add", "10.50.30.10/24", "dev", "eth0")
-        g.ip("link", "set", "eth0", "up")
-        g.ip("route", "add", "default", "via", "10.50.30.1")
+        up, g = lvt._uplink_and_guest(h.ns, "10.50.30", "uplink", "l11", made)
         procs += [lvt._listen(up, 5001), lvt._listen(g, 5002)]
         out = lvt._connect_loop(g, "198.51.100.2", 5001, 3.0)
         inn = lvt._connect_loop(up, "10.50.30.10", 5002, 3.0)

@@ -516,31 +516,21 @@ class NftablesBackend(Backend):
                 items.add(Change(None, "create", where, f"chain {name} (for the admin's own "
                                                         "rules, evaluated first)"))
         fresh_maps: set[str] = set()
-        for m in MAPS:
-            live_map = t.sets.get(m.name)
-            if live_map is not None and live_map.kind == "map" and live_map.spec == m.spec:
-                continue
-            if live_map is not None:
-                s.del_maps.append(f"delete {live_map.kind} {where} {m.name}")
-                items.add(Change(None, "replace", where, f"{live_map.kind} {m.name} "
-                                 f"({_spec_text(live_map.spec)}, expected {_spec_text(m.spec)})"))
-            else:
-                items.add(Change(None, "create", where, f"map {m.name}"))
-            s.add_maps.append(f"add map {where} {m.name} {{ {m.decl} }}")
-            fresh_maps.add(m.name)
-        for es in ELEMENT_SETS:
-            kind = "map" if es.is_map else "set"
-            live_set = t.sets.get(es.name)
-            if live_set is not None and live_set.kind == kind and live_set.spec == es.spec:
+        wanted = ([(m.name, "map", m.spec, m.decl, s.add_maps) for m in MAPS]
+                  + [(es.name, "map" if es.is_map else "set", es.spec, es.decl, s.add_sets)
+                     for es in ELEMENT_SETS])
+        for name, kind, spec, decl, adds in wanted:
+            live_set = t.sets.get(name)
+            if live_set is not None and live_set.kind == kind and live_set.spec == spec:
                 continue
             if live_set is not None:
-                s.del_maps.append(f"delete {live_set.kind} {where} {es.name}")
-                items.add(Change(None, "replace", where, f"{live_set.kind} {es.name} "
-                                 f"({_spec_text(live_set.spec)}, expected {_spec_text(es.spec)})"))
+                s.del_maps.append(f"delete {live_set.kind} {where} {name}")
+                items.add(Change(None, "replace", where, f"{live_set.kind} {name} "
+                                 f"({_spec_text(live_set.spec)}, expected {_spec_text(spec)})"))
             else:
-                items.add(Change(None, "create", where, f"{kind} {es.name}"))
-            s.add_sets.append(f"add {kind} {where} {es.name} {{ {es.decl} }}")
-            fresh_maps.add(es.name)
+                items.add(Change(None, "create", where, f"{kind} {name}"))
+            adds.append(f"add {kind} {where} {name} {{ {decl} }}")
+            fresh_maps.add(name)
         for b in BASE_CHAINS:
             c = t.chains.get(b.name)
             refill = any(b.name in SET_BASES.get(m, (MAP_BASE.get(m),)) for m in fresh_maps) \

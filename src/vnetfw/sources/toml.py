@@ -114,22 +114,22 @@ def _tables(t: dict, key: str, fail) -> list:
     return raw
 
 
-def _port_forward(f: dict, i: int, fail) -> PortForward:
-    where = f"port_forward[{i}]"
-    unknown = set(f) - _FORWARD_KEYS
+def _entry(where: str, raw: dict, known: set[str], make, fail):
+    """One [[network.port_forward]] or [[network.allow]] table, built by ``make`` with
+    every problem worded as ``where.field``."""
+    unknown = set(raw) - known
     if unknown:
         raise fail(f"{where}.{sorted(unknown)[0]}",
-                   f"unknown key (known: {', '.join(sorted(_FORWARD_KEYS))})")
-    return make_port_forward(lambda field, problem: fail(f"{where}.{field}", problem), **f)
+                   f"unknown key (known: {', '.join(sorted(known))})")
+    return make(lambda field, problem: fail(f"{where}.{field}", problem), **raw)
+
+
+def _port_forward(f: dict, i: int, fail) -> PortForward:
+    return _entry(f"port_forward[{i}]", f, _FORWARD_KEYS, make_port_forward, fail)
 
 
 def _allow(a: dict, i: int, fail) -> Allow:
-    where = f"allow[{i}]"
-    unknown = set(a) - _ALLOW_KEYS
-    if unknown:
-        raise fail(f"{where}.{sorted(unknown)[0]}",
-                   f"unknown key (known: {', '.join(sorted(_ALLOW_KEYS))})")
-    return make_allow(lambda field, problem: fail(f"{where}.{field}", problem), **a)
+    return _entry(f"allow[{i}]", a, _ALLOW_KEYS, make_allow, fail)
 
 
 def _nat(n: Any, fail) -> Nat:
