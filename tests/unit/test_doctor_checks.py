@@ -208,3 +208,14 @@ def test_libvirt_hook_findings():
                  active=["web"]) == []
     x = check_libvirt_hook(Facts(libvirt=[V("d", 1.0, "missing", with_metadata=["web"])]))[0]
     assert "vnetfw libvirt-hook install" in x.fix and "restart libvirtd" in x.fix
+
+
+def test_forward_and_allow_jumps_between_the_stages_are_ours():
+    # with port forwards or allows FORWARD holds ALW, FWX, FWD, FWI, FWO: the ALW jump
+    # first is vnetfw's own, not "a rule before vnetfw's jumps"
+    staged = ('-A FORWARD -m comment --comment vnetfw -j VNETFW_ALW', OURS[0],
+              '-A FORWARD -m comment --comment vnetfw -j VNETFW_FWD', *OURS[1:])
+    chains = OUR_CHAINS + ":VNETFW_ALW - [0:0]\n:VNETFW_FWD - [0:0]\n"
+    f = facts(iptables={"iptables-nft": filt("DROP", *staged, chains=chains)})
+    x = one(check_forward_policy(f), "forward-drop-iptables-nft-ipv4")
+    assert x.severity == "note" and "rules 1, 2, 3, 4, 5" in x.why
